@@ -1,0 +1,4 @@
+"""Build: pure Python for now; the csrc/ extension is added by the kernels work."""
+from setuptools import setup
+
+setup()

@@ -1,0 +1,220 @@
+"""`python -m smalldepthmask.gen --shards OUT`: the generator's command line and its overlapping pipeline.
+
+The main thread plans, composites and runs the teacher batch by batch; a thread pool encodes; one
+writer thread appends encoded batches to the current unit (shard) in order and commits it when full.
+Queues are bounded, so memory stays flat however large the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import queue
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from . import __version__, config, sink
+from .encode import encode_samples, sample_key
+from .errors import UsageError, run_cli
+from .generator import Generator, load_inputs, resolve_device
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m smalldepthmask.gen",
+                                description="Composite every foreground (and its mirror) over every background, "
+                                            "k placements each, into (image, mask, depth) triplets.")
+    config.add_arguments(p)
+    from .depth import add_gen_arguments
+    add_gen_arguments(p)
+    return p
+
+
+def _log(quiet: bool):
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr)
+    return log
+
+
+class _Writer(threading.Thread):
+    """Consumes (unit, future of encoded samples, is_last) in order; commits units; updates the manifest."""
+
+    def __init__(self, cfg, out: Path, manifest: dict, q: queue.Queue, progress):
+        super().__init__(daemon=True)
+        self.cfg, self.out, self.manifest, self.q, self.progress = cfg, out, manifest, q, progress
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.current = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                item = self.q.get()
+                if item is None:
+                    break
+                unit, fut, last = item
+                samples = fut.result()
+                if self.current is None:
+                    self.current = sink.open_unit(self.cfg.layout, self.out, unit)
+                for s in samples:
+                    self.current.add(s)
+                self.progress.update(len(samples))
+                if last:
+                    self._commit(unit)
+        except BaseException as e:  # reported by the main thread
+            self.error = e
+        finally:
+            if self.current is not None:
+                self.current.abort()
+                self.current = None
+
+    def _commit(self, unit: int) -> None:
+        info = self.current.commit()
+        self.current = None
+        name = sink.unit_name(self.cfg.layout, unit)
+        if self.cfg.layout == "shards":
+            info["bytes"] = (self.out / name).stat().st_size
+        self.manifest["units"][name] = info
+        sink.write_json_atomic(self.out / sink.MANIFEST, self.manifest)
+
+
+def _encode_job(gen: Generator, keys, image, mask, depth, records):
+    pngs = None
+    if depth is not None:
+        from .depth import encode_depth_png
+        pngs = [encode_depth_png(d[0]) for d in depth]
+    return encode_samples(keys, image, mask, records, gen.cfg.jpeg_quality, pngs)
+
+
+def produce(gen: Generator, units: list[int], q: queue.Queue, pool: ThreadPoolExecutor, writer: _Writer) -> None:
+    """Make every pending unit batch by batch and hand the encode futures to the writer, in order."""
+    cfg = gen.cfg
+    for unit in units:
+        start, stop = unit * cfg.shard_size, min((unit + 1) * cfg.shard_size, gen.total)
+        for b0 in range(start, stop, cfg.batch_size):
+            b1 = min(b0 + cfg.batch_size, stop)
+            idx = gen.indices(b0, b1)
+            batch = gen.batch(idx)
+            depth = batch.depth.float().cpu().numpy() if batch.depth is not None else None
+            fut = pool.submit(_encode_job, gen, [sample_key(int(i)) for i in idx], batch.image.cpu().numpy(),
+                              batch.mask.cpu().numpy(), depth, gen.records(batch.params))
+            while True:  # bounded queue; wake up now and then to notice a failed writer
+                if writer.error is not None or not writer.is_alive():
+                    return
+                try:
+                    q.put((unit, fut, b1 == stop), timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+
+
+def index_rows(gen: Generator) -> list[dict]:
+    """The folder layout's index.csv rows, in output order (from the plan: no compositing)."""
+    rows, has_depth = [], gen.teacher is not None
+    for b0 in range(0, gen.total, 65536):
+        idx = gen.indices(b0, min(b0 + 65536, gen.total))
+        p = gen.params(idx)
+        for i, g in enumerate(idx):
+            key = sample_key(int(g))
+            rows.append({"key": key, "image": f"images/{key}.jpg", "mask": f"masks/{key}.png",
+                         "depth": f"depth/{key}.png" if has_depth else "", "meta": f"meta/{key}.json",
+                         "bg": gen.inputs.bg[int(p.bg[i])].file, "fg": gen.inputs.fg[int(p.fg[i])].file,
+                         "flip": int(p.flip[i]), "scale": float(p.scale[i]),
+                         "cx": float(p.cx[i]), "cy": float(p.cy[i])})
+    return rows
+
+
+def run(cfg: config.GenConfig) -> int:
+    log = _log(cfg.quiet)
+    device = resolve_device(cfg.device)
+    inputs, bgs, fgs = load_inputs(cfg, log)  # everything is checked before anything is written
+    from .depth import resolve_for_gen
+    teacher = resolve_for_gen(cfg.depth, cfg.depth_weights, cfg.depth_runner, cfg.depth_precision, str(device),
+                              inputs.demo)
+    gen = Generator(cfg, inputs, bgs, fgs, device, teacher)
+    identity = {"version": __version__, "config": cfg.output_config(), "composite": gen.backend,
+                "inputs": {"fg": [f.record() for f in inputs.fg], "bg": [b.record() for b in inputs.bg]},
+                "teacher": teacher.describe() if teacher is not None else None}
+    out = Path(cfg.out)
+    manifest = sink.prepare_out(out, cfg.layout, identity, cfg.overwrite)
+    n_units = math.ceil(gen.total / cfg.shard_size)
+    components = ["jpg", "mask.png", "json"] + (["depth.png"] if teacher is not None else [])
+    manifest.update({"seed": cfg.seed, "layout": cfg.layout, "population": gen.population, "total": gen.total,
+                     "num_units": n_units, "components": components, "skipped": inputs.skipped,
+                     "demo": inputs.demo, "depth_units": "millimetres (uint16 PNG)" if teacher else None})
+    sink.write_json_atomic(out / sink.MANIFEST, manifest)
+    done = sink.done_units(out, manifest)
+    pending = [u for u in range(n_units) if sink.unit_name(cfg.layout, u) not in done]
+    already = sum(manifest["units"][n]["count"] for n in done)
+    if done and pending:
+        log(f"resuming: {len(done)} of {n_units} units already complete in {out}")
+    t0 = time.perf_counter()
+    made = _run_pipeline(gen, out, manifest, pending, already)
+    secs = time.perf_counter() - t0
+    if cfg.layout == "folders":
+        sink.write_index_csv(out, index_rows(gen))
+    manifest["complete"] = True
+    sink.write_json_atomic(out / sink.MANIFEST, manifest)
+    rate = made / secs if secs > 0 else 0.0
+    log(f"done: {gen.total} samples in {n_units} {'shards' if cfg.layout == 'shards' else 'chunks'} at {out} "
+        f"({made} made now in {secs:.1f} s, {rate:.0f} samples/s, composite={gen.backend}, device={device})")
+    return 0
+
+
+def _run_pipeline(gen: Generator, out: Path, manifest: dict, pending: list[int], already: int) -> int:
+    from tqdm import tqdm
+    cfg = gen.cfg
+    todo = gen.total - already
+    progress = tqdm(total=gen.total, initial=already, unit="sample", disable=cfg.quiet or not pending,
+                    dynamic_ncols=True, smoothing=0.1)
+    q: queue.Queue = queue.Queue(maxsize=2 * cfg.workers + 2)
+    writer = _Writer(cfg, out, manifest, q, progress)
+    pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="encode")
+    writer.start()
+    try:
+        produce(gen, pending, q, pool, writer)
+        while writer.is_alive() and writer.error is None:
+            try:
+                q.put(None, timeout=0.5)
+                break
+            except queue.Full:
+                continue
+        writer.join()
+    except BaseException:
+        writer.stop.set()
+        _drain(q)
+        q.put(None)
+        writer.join()
+        pool.shutdown(wait=True, cancel_futures=True)
+        progress.close()
+        raise
+    pool.shutdown(wait=True)
+    progress.close()
+    if writer.error is not None:
+        raise writer.error
+    return todo
+
+
+def _drain(q: queue.Queue) -> None:
+    while True:
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = config.from_args(args)
+    try:
+        return run(cfg)
+    except KeyboardInterrupt:
+        print(f"interrupted: complete units are kept in {cfg.out}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, prog="smalldepthmask.gen"))
