@@ -179,7 +179,7 @@ def test_resume_after_kill_is_byte_identical(inputs, tmp_path, sig):
     ref, out = tmp_path / "ref", tmp_path / "out"
     assert subprocess.run(_cmd(fg, bg, ref), capture_output=True).returncode == 0
     total_units = len(list(ref.glob("shard-*.tar")))
-    assert total_units == 12  # 2 bg x 3 fg x 2 flips x 20 = 240 samples / 40
+    assert total_units == 6  # 2 bg x 3 fg x 2 flips x 20 = 240 samples / 40
     proc = subprocess.Popen(_cmd(fg, bg, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     done = _wait_for_units(out, 2, proc)
     proc.send_signal(sig)
