@@ -1,0 +1,130 @@
+"""The depth teacher: a DenseDepth network, a runner, and the checkpoint's depth convention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import UsageError
+from .conventions import CONVENTIONS, DepthConvention
+from .densedepth import DenseDepth, check_input_size, from_state_dict
+from .runners import Runner, build_runner
+from .weights import DEFAULT_WEIGHTS, REGISTRY, WeightsInfo, find_cached, load_state_dict, weights_dir
+
+TEACHER_NAMES = ("densedepth", "densedepth-nyu", "densedepth-kitti")
+
+
+class Teacher:
+    """`teacher(x)` maps [B, 3, H, W] RGB in [0, 1] to depth in metres [B, 1, H/2, W/2].
+
+    `teacher.model` is the plain torch `DenseDepth` (raw network output, float32, on CPU unless
+    moved); the runner executes its own copy in the chosen precision and device.
+    """
+
+    name = "densedepth"
+
+    def __init__(
+        self,
+        model: DenseDepth,
+        runner: Runner,
+        convention: DepthConvention,
+        weights: WeightsInfo | None = None,
+    ):
+        self.model = model
+        self.runner = runner
+        self.convention = convention
+        self.weights = weights
+
+    @property
+    def max_depth(self) -> float:
+        return self.convention.max_m
+
+    @property
+    def min_depth(self) -> float:
+        return self.convention.min_m
+
+    @property
+    def device(self) -> torch.device:
+        return self.runner.device
+
+    def __call__(
+        self, x: torch.Tensor  # [B, 3, H, W] float32 in [0, 1] on the teacher's device, H, W multiples of 32
+    ) -> torch.Tensor:  # [B, 1, H/2, W/2] float32 metres in [min_depth, max_depth]
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected [B, 3, H, W] RGB, got {tuple(x.shape)}")
+        check_input_size(x.shape[-2], x.shape[-1])
+        raw = self.runner(x)
+        if self.runner.precision == "fp16" and not torch.isfinite(raw).all():
+            raise UsageError("the depth network overflowed in fp16; use --depth-precision bf16 or fp32")
+        return self.convention.to_metres(raw)
+
+    def describe(self) -> dict:
+        """JSON-able record for manifests: teacher, weights, runner, precision, units and range."""
+        info = {
+            "teacher": self.name,
+            "convention": self.convention.name,
+            "units": "metres",
+            "depth_range_m": [self.convention.min_m, self.convention.max_m],
+            "output_scale": 0.5,
+            "weights_file": self.weights.path.name if self.weights else None,
+            "weights_sha256": self.weights.sha256 if self.weights else None,
+        }
+        info.update(self.runner.describe())
+        return info
+
+
+def _convention_for(name: str, info: WeightsInfo) -> DepthConvention:
+    if name == "densedepth":
+        return CONVENTIONS[info.convention]
+    return CONVENTIONS[REGISTRY[name].convention]
+
+
+def load_model(weights: str | Path) -> tuple[DenseDepth, WeightsInfo]:
+    """A float32 CPU DenseDepth loaded from a released `.h5` or a converted `.safetensors`."""
+    state, info = load_state_dict(weights)
+    return from_state_dict(state), info
+
+
+def missing_weights_error(name: str) -> UsageError:
+    entry = REGISTRY[name]
+    return UsageError(
+        f"no {name} weights found (looked for {weights_dir() / entry.filename})",
+        [
+            f"fetch them: smalldepthmask weights fetch {name}  (or --url URL / --file FILE: the published links are reported dead)",
+            "or pass a file: --depth-weights nyu.h5",
+            "or run without depth: --depth none",
+        ],
+    )
+
+
+def load_teacher(
+    name: str = "densedepth",
+    weights: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    runner: str = "auto",
+    precision: str = "auto",
+    variant: str = "auto",
+) -> Teacher:
+    """Load a depth teacher. `name`: densedepth (convention from the file), densedepth-nyu or -kitti."""
+    if name not in TEACHER_NAMES:
+        raise UsageError(f"unknown depth teacher {name!r}; choose from {', '.join(TEACHER_NAMES)}")
+    registry_name = DEFAULT_WEIGHTS if name == "densedepth" else name
+    path = Path(weights).expanduser() if weights is not None else find_cached(registry_name)
+    if path is None:
+        raise missing_weights_error(registry_name)
+    model, info = load_model(path)
+    built = build_runner(model, runner, device, precision, variant, fingerprint=info.sha256 or None)
+    return Teacher(model, built, _convention_for(name, info), info)
+
+
+def teacher_from_model(
+    model: DenseDepth,
+    convention: str = "nyu",
+    device: str | torch.device = "cpu",
+    runner: str = "auto",
+    precision: str = "auto",
+    variant: str = "auto",
+) -> Teacher:
+    """A teacher around an in-memory model (tests, benchmarks)."""
+    return Teacher(model, build_runner(model, runner, device, precision, variant), CONVENTIONS[convention])
