@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--depth-weights", default=None)
     p.add_argument("--fg")
     p.add_argument("--bg")
-    p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/train-DATE-HOST.json)")
+    p.add_argument("--json", "--out", dest="out", type=Path, default=None,
+                   help="JSON path (default bench/results/train-DATE-HOST.json)")
     a = p.parse_args(argv)
     if a.quick:
         a.batch_size, a.steps, a.warmup, a.k = 16, 6, 2, 4

@@ -242,7 +242,8 @@ class ShardDataset(IterableDataset):
         self.depth_scale = shards.depth_scale
         self.epoch = 0
         idx = shards.all_indices()
-        self.num_samples = int(len(idx) if keys is None else np.isin(idx, np.fromiter(keys, np.int64)).sum())
+        self.keys = None if keys is None else {int(k) for k in keys}
+        self.num_samples = int(len(idx) if keys is None else np.isin(idx, np.fromiter(self.keys, np.int64)).sum())
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -268,15 +269,16 @@ class ShardDataset(IterableDataset):
             return iter(())
         stages = [wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=_raise_shard_error)]
         if self.keys is not None:
-            keys = {f"{int(k):010d}" for k in self.keys}
-            stages.append(wds.select(lambda s: s["__key__"] in keys))
+            keys = self.keys
+            stages.append(wds.select(lambda s: int(s["__key__"]) in keys))
         if self.shuffle:
             rng = random.Random(mix(self.seed, self.epoch, rank, worker))
             stages.append(wds.shuffle(self.shuffle, initial=min(self.shuffle, 100), rng=rng))
         scale = self.depth_scale or 0.0
         stages += [wds.decode(wds.handle_extension("mask.png", decode_mask),
                               wds.handle_extension("depth.png", lambda b: decode_depth(b, scale)),
-                              "torchrgb", only=list(REQUIRED) + ["depth.png"], handler=_raise_shard_error),
+                              "torchrgb", only=list(REQUIRED) + (["depth.png"] if self.has_depth else []),
+                              handler=_raise_shard_error),
                    wds.map(_ToSample(self.has_depth), handler=_raise_shard_error)]
         return iter(wds.DataPipeline(*stages))
 

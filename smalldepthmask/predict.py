@@ -6,7 +6,8 @@ predictions are resized back to the photo's size. For each photo NAME this write
 
     DIR/NAME.mask.png     1-bit PNG (0/255 in L), probability >= 0.5
     DIR/NAME.depth.png    uint16 PNG, millimetres (0 = none); not written for a mask-only model
-    DIR/NAME.preview.png  photo | mask over the photo | depth (colour map), side by side
+    DIR/NAME.preview.png  photo | mask over the photo | depth (colour map over the photo's own range,
+                          near = bright), side by side
 """
 
 from __future__ import annotations
@@ -105,8 +106,10 @@ def preview(image: np.ndarray, mask: np.ndarray, depth: np.ndarray | None, max_d
     overlay[mask] = 0.5 * overlay[mask] + 0.5 * np.array([255, 40, 40], np.float32)
     panels = [image, overlay.astype(np.uint8)]
     if depth is not None:
+        lo, hi = np.percentile(depth, [2, 98])  # stretched to this photo's range; near = bright
+        hi = hi if hi > lo else lo + max_depth * 1e-3
         cmap = matplotlib.colormaps["magma_r"]
-        panels.append((cmap(np.clip(depth / max_depth, 0, 1))[..., :3] * 255).astype(np.uint8))
+        panels.append((cmap(np.clip((depth - lo) / (hi - lo), 0, 1))[..., :3] * 255).astype(np.uint8))
     h, w = image.shape[:2]
     size = (max(1, round(w * PREVIEW_HEIGHT / h)), PREVIEW_HEIGHT)
     resized = [Image.fromarray(p).resize(size, Image.Resampling.BILINEAR) for p in panels]

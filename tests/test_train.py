@@ -166,3 +166,23 @@ def test_predict_errors(trained, photos, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_train_on_cuda(shards, photos, tmp_path, amp):
+    """Mixed precision from shards (worker reads, pinned batches, channels_last) and from the stream made on
+    the GPU; then predict on the GPU."""
+    out = tmp_path / "cuda-shards"
+    assert cli(["train", "--shards", str(shards), "--out", str(out), "--epochs", "3", *SMALL, "--workers", "2",
+                "--device", "cuda", "--amp", amp]) == 0
+    h = history(out)
+    assert np.isfinite(h[-1]["train_loss"]) and h[-1]["train_loss"] < h[0]["train_loss"]
+    assert np.isfinite(h[-1]["rmse"])
+    out = tmp_path / "cuda-stream"
+    assert cli(["train", "--stream", "--k", "2", "--limit", "48", "--compose-size", "64", "--out-size", "64",
+                "--depth", "none", "--out", str(out), "--epochs", "1", *SMALL, "--device", "cuda", "--amp", amp]) == 0
+    assert cli(["predict", "--checkpoint", str(out / "last.pt"), "--device", "cuda", "--out", str(tmp_path / "p"),
+                str(photos)]) == 0
+    assert (tmp_path / "p" / "wide.mask.png").is_file()

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 PANELS = (("loss", ("train_loss", "val_loss")), ("mask", ("iou", "dice", "mask_ssim")),
           ("depth error", ("rmse", "absrel")), ("depth accuracy", ("delta1", "ssim")))
@@ -33,6 +34,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=k)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -45,10 +47,15 @@ def plot_grid(image: torch.Tensor,  # [N, 3, H, W] float32 in [0, 1]
               depth: torch.Tensor | None,  # [N, 1, H, W] float32 metres
               depth_pred: torch.Tensor | None,  # [N, 1, H, W] float32 metres
               path: Path, max_depth: float, title: str = "") -> None:
-    """Rows of (image, true mask, predicted mask, true depth, predicted depth)."""
+    """Rows of (image, true mask, predicted mask, true depth, predicted depth); both depths share one colour
+    range (near = bright)."""
     cols = [("image", image), ("true mask", mask), ("predicted mask", mask_pred)]
     if depth is not None and depth_pred is not None:
         cols += [("true depth (m)", depth), ("predicted depth (m)", depth_pred)]
+    lo, hi = 0.0, max_depth  # depth colour range: the true depths shown, when there are any
+    if depth is not None and (depth > 0).any():
+        lo, hi = float(depth[depth > 0].min()), float(depth.max())
+        hi = hi if hi > lo else lo + 1.0
     n = image.shape[0]
     fig, axes = plt.subplots(n, len(cols), figsize=(2.1 * len(cols), 2.1 * n), squeeze=False)
     for r in range(n):
@@ -60,7 +67,7 @@ def plot_grid(image: torch.Tensor,  # [N, 3, H, W] float32 in [0, 1]
             elif "mask" in name:
                 ax.imshow(x[0].numpy(), cmap="gray", vmin=0, vmax=1)
             else:
-                ax.imshow(x[0].numpy(), cmap="magma_r", vmin=0, vmax=max_depth)
+                ax.imshow(x[0].numpy(), cmap="magma_r", vmin=lo, vmax=hi)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
