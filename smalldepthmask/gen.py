@@ -19,7 +19,7 @@ from pathlib import Path
 from . import __version__, config, sink
 from .encode import encode_samples, sample_key
 from .errors import UsageError, run_cli
-from .generator import Generator, load_inputs, resolve_device
+from .generator import Generator, build_generator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,10 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _log(quiet: bool):
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr)
-    return log
+def log(msg: str) -> None:
+    """Messages for the user go to stderr (stdout stays free for pipes)."""
+    print(msg, file=sys.stderr)
 
 
 class _Writer(threading.Thread):
@@ -127,13 +126,8 @@ def index_rows(gen: Generator) -> list[dict]:
 
 
 def run(cfg: config.GenConfig) -> int:
-    log = _log(cfg.quiet)
-    device = resolve_device(cfg.device)
-    inputs, bgs, fgs = load_inputs(cfg, log)  # everything is checked before anything is written
-    from .depth import resolve_for_gen
-    teacher = resolve_for_gen(cfg.depth, cfg.depth_weights, cfg.depth_runner, cfg.depth_precision, str(device),
-                              inputs.demo)
-    gen = Generator(cfg, inputs, bgs, fgs, device, teacher)
+    gen = build_generator(cfg, cfg.device, log)  # every input is checked before anything is written
+    inputs, teacher, device = gen.inputs, gen.teacher, gen.device
     identity = {"version": __version__, "config": cfg.output_config(), "composite": gen.backend,
                 "inputs": {"fg": [f.record() for f in inputs.fg], "bg": [b.record() for b in inputs.bg]},
                 "teacher": teacher.describe() if teacher is not None else None}

@@ -172,3 +172,14 @@ class Generator:
                 "teacher": teacher,
             })
         return recs
+
+
+def build_generator(cfg: GenConfig, device: str = "auto", log=None) -> Generator:
+    """Inputs (all checked), the teacher on the same device, and the generator for `cfg`."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    dev = resolve_device(device)
+    inputs, bgs, fgs = load_inputs(cfg, log)
+    from .depth import resolve_for_gen
+    teacher = resolve_for_gen(cfg.depth, cfg.depth_weights, cfg.depth_runner, cfg.depth_precision, str(dev),
+                              inputs.demo)
+    return Generator(cfg, inputs, bgs, fgs, dev, teacher)

@@ -17,8 +17,6 @@ of full batches and up to W * batch_size - 1 positions sit out that epoch (other
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -26,19 +24,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .config import GenConfig
 from .data import mix, split_by_background
 from .encode import sample_key
-from .generator import Generator, load_inputs, resolve_device
+from .generator import Generator, build_generator
 from .plan import decompose, permute
-
-
-def build_generator(cfg: GenConfig, device: str = "auto", log=None) -> Generator:
-    """Inputs, teacher (on the same device) and generator for `cfg`, as the gen command makes them."""
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    dev = resolve_device(device)
-    inputs, bgs, fgs = load_inputs(cfg, log)
-    from .depth import resolve_for_gen
-    teacher = resolve_for_gen(cfg.depth, cfg.depth_weights, cfg.depth_runner, cfg.depth_precision, str(dev),
-                              inputs.demo)
-    return Generator(cfg, inputs, bgs, fgs, dev, teacher)
 
 
 def stream_config(**kw) -> GenConfig:
