@@ -8,9 +8,6 @@
 #include "composite.h"
 
 #include <algorithm>
-#include <cstring>
-#include <limits>
-#include <sstream>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -149,11 +146,9 @@ struct SampleArgs {
 
 // 4 x int32 (GCC / Clang vector extension): one RGBA pixel of the vertical pass, or 4 taps' weights.
 typedef int32_t v4i __attribute__((vector_size(16)));
-typedef int32_t v8i __attribute__((vector_size(32)));
 
 struct Scratch {
   std::vector<int32_t> xfirst, xq, yfirst, yq;
-  std::vector<v4i> xqe;       // S x kTaps: each x weight broadcast to 4 lanes
   std::vector<uint8_t> yhit;
   std::vector<v4i> vrow;      // w + 2 * kTaps: one vertical-filtered source row (RGBA), padded both sides
   std::vector<v4i> acc;       // S: (C_r, C_g, C_b, A) of one compose row
@@ -187,16 +182,14 @@ SDM_HD int32_t to_u8(float t, float inv) {
 SDM_CLONES void composite_sample(const SampleArgs& a, Scratch& sc) {
   const int64_t S = a.S, O = a.O, f = a.f;
   ensure(sc.xfirst, S); ensure(sc.xq, S * kTaps); ensure(sc.yfirst, S); ensure(sc.yq, S * kTaps);
-  ensure(sc.yhit, S); ensure(sc.xqe, S * kTaps); ensure(sc.acc, S); ensure(sc.v, f * 3 * S); ensure(sc.a8, f * S);
+  ensure(sc.yhit, S); ensure(sc.acc, S); ensure(sc.v, f * 3 * S); ensure(sc.a8, f * S);
   ensure(sc.img, 3 * O); ensure(sc.vrow, (size_t)a.w + 2 * kTaps);
 
   // Taps, and the span of compose columns / rows / source columns the foreground reaches.
   int64_t xlo = S, xhi = 0, jlo = a.w, jhi = 0;
   for (int64_t px = 0; px < S; ++px) {
     int32_t* q = &sc.xq[px * kTaps];
-    const bool hit = safe_taps(px, a.x0, a.rx, a.w, a.flip, &sc.xfirst[px], q);
-    for (int k = 0; k < kTaps; ++k) sc.xqe[px * kTaps + k] = v4i{q[k], q[k], q[k], q[k]};
-    if (hit) {
+    if (safe_taps(px, a.x0, a.rx, a.w, a.flip, &sc.xfirst[px], q)) {
       xlo = std::min(xlo, px);
       xhi = px + 1;
       for (int k = 0; k < kTaps; ++k) {
@@ -258,23 +251,7 @@ SDM_CLONES void composite_sample(const SampleArgs& a, Scratch& sc) {
       {
         const int32_t* __restrict xq = sc.xq.data();
         const int32_t* __restrict xf = sc.xfirst.data();
-        const v4i* __restrict qe = sc.xqe.data();
-        int64_t px = xlo;
-        for (; px + 1 < xhi; px += 2) {  // two pixels per 8-lane vector
-          const v4i* s0 = vrow + xf[px];
-          const v4i* s1 = vrow + xf[px + 1];
-          v8i acc = {0, 0, 0, 0, 0, 0, 0, 0};
-          for (int k = 0; k < kTaps; ++k) {
-            v8i sv, qv;
-            std::memcpy(&sv, s0 + k, 16);
-            std::memcpy(reinterpret_cast<char*>(&sv) + 16, s1 + k, 16);
-            std::memcpy(&qv, qe + px * kTaps + k, 16);
-            std::memcpy(reinterpret_cast<char*>(&qv) + 16, qe + (px + 1) * kTaps + k, 16);
-            acc += sv * qv;
-          }
-          std::memcpy(acc4 + px, &acc, 32);
-        }
-        for (; px < xhi; ++px) {
+        for (int64_t px = xlo; px < xhi; ++px) {
           const v4i* src = vrow + xf[px];
           const int32_t* q = xq + px * kTaps;
           acc4[px] = src[0] * q[0] + src[1] * q[1] + src[2] * q[2] + src[3] * q[3];

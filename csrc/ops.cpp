@@ -38,6 +38,7 @@ extern "C" {
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT, "_C", "smalldepthmask compiled ops (torch.ops.smalldepthmask.*)", -1, nullptr,
+      nullptr, nullptr, nullptr, nullptr,
   };
   PyObject* mod = PyModule_Create(&module_def);
   if (mod == nullptr) return nullptr;

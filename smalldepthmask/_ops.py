@@ -14,9 +14,15 @@ _C = None
 _LOAD_ERROR: str | None = None
 try:
     from . import _C  # noqa: F811 - loading the library registers torch.ops.smalldepthmask.*
-except Exception as e:  # noqa: BLE001 - ImportError, OSError (undefined symbols from another torch build), ...
+except ImportError as e:
     _C = None
-    _LOAD_ERROR = f"{type(e).__name__}: {e}"
+    if "cannot import name '_C'" in str(e):  # no smalldepthmask/_C*.so
+        _LOAD_ERROR = "the compiled extension smalldepthmask._C is not built"
+    else:  # e.g. undefined symbols: built against another torch
+        _LOAD_ERROR = f"the compiled extension smalldepthmask._C does not load ({type(e).__name__}: {e})"
+except Exception as e:  # noqa: BLE001 - OSError and anything else a broken build may raise
+    _C = None
+    _LOAD_ERROR = f"the compiled extension smalldepthmask._C does not load ({type(e).__name__}: {e})"
 
 OP_NAME = "smalldepthmask::composite"
 
@@ -54,7 +60,7 @@ def available() -> tuple[bool, str]:
     """(True, "cpu+cuda kernels") / (True, "cpu kernels"), or (False, reason). Never raises."""
     try:
         if _C is None:
-            return False, f"the compiled extension smalldepthmask._C is not built or does not load ({_LOAD_ERROR})"
+            return False, str(_LOAD_ERROR)
         ks = kernels()
         if not ks:
             return False, "the compiled extension loaded but registered no composite kernel"
