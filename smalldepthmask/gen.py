@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import queue
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import torch
 
 from . import __version__, config, sink
 from .encode import encode_samples, sample_key
@@ -128,6 +131,8 @@ def index_rows(gen: Generator) -> list[dict]:
 def run(cfg: config.GenConfig) -> int:
     gen = build_generator(cfg, cfg.device, log)  # every input is checked before anything is written
     inputs, teacher, device = gen.inputs, gen.teacher, gen.device
+    if device.type == "cpu" and teacher is None:  # leave the encoder threads their cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.workers))
     identity = {"version": __version__, "config": cfg.output_config(), "composite": gen.backend,
                 "inputs": {"fg": [f.record() for f in inputs.fg], "bg": [b.record() for b in inputs.bg]},
                 "teacher": teacher.describe() if teacher is not None else None}

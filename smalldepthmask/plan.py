@@ -10,6 +10,7 @@ Global index g decomposes as g = ((bg * n_fg + fg) * 2 + flip) * k + j  (Algorit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -75,6 +76,16 @@ class Layout:
     fg_levels: tuple[tuple[tuple[int, int], ...], ...]  # per foreground, per level: (h, w)
     fg_level_entry: tuple[int, ...]  # per foreground: bank entry index of its level 0
 
+    @cached_property
+    def level_sizes(self) -> np.ndarray:
+        """[n_fg, L, 2] int64 (h, w) per foreground and level, padded by repeating the last level."""
+        depth = max(len(lv) for lv in self.fg_levels)
+        return np.array([list(lv) + [lv[-1]] * (depth - len(lv)) for lv in self.fg_levels], dtype=np.int64)
+
+    @cached_property
+    def level_counts(self) -> np.ndarray:
+        return np.array([len(lv) for lv in self.fg_levels], dtype=np.int64)  # [n_fg]
+
 
 @dataclass
 class SampleParams:
@@ -104,8 +115,8 @@ class SampleParams:
         fparams: [B, 4] float64 = (x0, y0, rx, ry): box top-left in compose pixels (continuous
         coordinates, pixel p covers [p, p + 1)) and source pixels per compose pixel.
         """
-        lvl_h = np.array([layout.fg_levels[f][lv][0] for f, lv in zip(self.fg, self.level)], dtype=np.float64)
-        lvl_w = np.array([layout.fg_levels[f][lv][1] for f, lv in zip(self.fg, self.level)], dtype=np.float64)
+        size = layout.level_sizes[self.fg, self.level].astype(np.float64)  # [B, 2]
+        lvl_h, lvl_w = size[:, 0], size[:, 1]
         iparams = np.stack([self.bg, self.crop_y, self.crop_x, self.entry, self.flip.astype(np.int64)], axis=1)
         x0 = self.cx + 0.5 - self.box_w / 2.0
         y0 = self.cy + 0.5 - self.box_h / 2.0
@@ -135,6 +146,14 @@ def choose_level(levels: tuple[tuple[int, int], ...], box_w: float, box_h: float
     return len(levels) - 1
 
 
+def choose_levels(layout: Layout, fg: np.ndarray, box_w: np.ndarray, box_h: np.ndarray) -> np.ndarray:
+    """`choose_level` for a batch: fg [B] int64, box_w/box_h [B] float64 -> [B] int64."""
+    size = layout.level_sizes[fg]  # [B, L, 2]
+    ok = (size[..., 1] < 2.0 * box_w[:, None]) & (size[..., 0] < 2.0 * box_h[:, None])
+    ok |= np.arange(size.shape[1])[None, :] >= (layout.level_counts[fg] - 1)[:, None]
+    return np.argmax(ok, axis=1).astype(np.int64)
+
+
 def sample_params(index: np.ndarray, layout: Layout, k: int, seed: int, compose: int,
                   scale_range: tuple[float, float]) -> SampleParams:
     """Algorithm 1 for the samples with global indices `index` ([B] int64)."""
@@ -156,8 +175,7 @@ def sample_params(index: np.ndarray, layout: Layout, k: int, seed: int, compose:
     aspect = np.array(layout.fg_aspects, dtype=np.float64)[fg]
     box_w = compose * np.sqrt(scale * aspect)
     box_h = compose * np.sqrt(scale / aspect)
-    level = np.array([choose_level(layout.fg_levels[f], w, h) for f, w, h in zip(fg, box_w, box_h)],
-                     dtype=np.int64)
+    level = choose_levels(layout, fg, box_w, box_h)
     entry = np.array(layout.fg_level_entry, dtype=np.int64)[fg] + level
     return SampleParams(index=index, bg=bg, fg=fg, flip=flip, crop_y=crop_y, crop_x=crop_x, cx=cx, cy=cy,
                         scale=scale, box_w=box_w, box_h=box_h, level=level, entry=entry)

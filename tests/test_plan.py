@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from smalldepthmask.plan import Layout, choose_level, decompose, permute, sample_params, total_samples, uniform
+from smalldepthmask.plan import Layout, choose_level, choose_levels, decompose, permute, sample_params, total_samples, uniform
 
 
 @pytest.mark.parametrize("total", [1, 2, 3, 7, 100, 1000, 4097])
@@ -77,3 +77,15 @@ def test_level_keeps_shrink_under_two():
     small = p.fg == 0
     assert (fp[small, 2] < 2).all() and (fp[small, 3] < 2).all()
     assert (ip[:, 3] == np.array(lay.fg_level_entry)[p.fg] + p.level).all()
+
+
+def test_batched_level_choice_matches_the_scalar_rule():
+    lay = Layout(bg_sizes=((448, 448),), fg_aspects=(1.0, 0.5),
+                 fg_levels=(((400, 400), (200, 200), (100, 100), (50, 50)), ((90, 45),)), fg_level_entry=(0, 4))
+    rng = np.random.default_rng(0)
+    fg = rng.integers(0, 2, 500)
+    bw = rng.uniform(5, 500, 500)
+    bh = bw / np.array(lay.fg_aspects)[fg]
+    got = choose_levels(lay, fg, bw, bh)
+    want = [choose_level(lay.fg_levels[f], w, h) for f, w, h in zip(fg, bw, bh)]
+    assert got.tolist() == want and set(want) >= {0, 1, 2, 3}
