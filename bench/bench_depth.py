@@ -27,9 +27,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from smalldepthmask.depth.densedepth import DenseDepth  # noqa: E402
-from smalldepthmask.depth.runners import build_runner, cpu_has_native_bf16  # noqa: E402
-from smalldepthmask.errors import UsageError  # noqa: E402
+from smalldepthmask.depth.densedepth import DenseDepth
+from smalldepthmask.depth.runners import build_runner, cpu_has_native_bf16
+from smalldepthmask.errors import UsageError
 
 GFLOP_PER_IMAGE_448 = 160.6
 

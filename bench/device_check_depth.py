@@ -29,8 +29,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from smalldepthmask.depth.densedepth import DenseDepth  # noqa: E402
-from smalldepthmask.depth.runners import build_runner  # noqa: E402
+from smalldepthmask.depth.densedepth import DenseDepth
+from smalldepthmask.depth.runners import build_runner
 
 GFLOP_PER_IMAGE_448 = 160.6
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -55,7 +55,9 @@ def environment() -> dict:
     env = {"torch": torch.__version__, "cuda_available": torch.cuda.is_available()}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        env.update(gpu=props.name, capability=f"{props.major}.{props.minor}", memory_gib=round(props.total_memory / 2**30, 1))
+        env.update(
+            gpu=props.name, capability=f"{props.major}.{props.minor}", memory_gib=round(props.total_memory / 2**30, 1)
+        )
         env["cuda"] = torch.version.cuda
     if importlib.util.find_spec("onnxruntime"):
         import onnxruntime
@@ -67,7 +69,7 @@ def environment() -> dict:
             import tensorrt
 
             env["tensorrt"] = tensorrt.__version__
-        except Exception as e:  # a broken install is reported, not fatal
+        except Exception as e:  # noqa: BLE001 - a broken install is reported, not fatal
             env["tensorrt_error"] = repr(e)
     return env
 
@@ -95,11 +97,14 @@ def correctness(model: DenseDepth, size: int, skip_trt: bool, device: str) -> li
                     row["yardstick"] = rel_err(plain(x.to(device=device, dtype=DTYPES[precision])), ref)
                 row["limit"] = 2 * row["yardstick"]
             row["ok"] = row["err"] <= row["limit"]
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the check records every failure and goes on
             row.update(ok=None if "needs" in str(e) else False, error=f"{type(e).__name__}: {e}")
         rows.append(row)
-        print(f"  {runner:12s} {precision:5s} {variant:9s} err {row.get('err', float('nan')):.2e} "
-              f"limit {row.get('limit', float('nan')):.2e} ok={row['ok']} {row.get('error', '')}", flush=True)
+        print(
+            f"  {runner:12s} {precision:5s} {variant:9s} err {row.get('err', float('nan')):.2e} "
+            f"limit {row.get('limit', float('nan')):.2e} ok={row['ok']} {row.get('error', '')}",
+            flush=True,
+        )
     return rows
 
 
@@ -127,7 +132,10 @@ def throughput(
     skip_trt, compile_, device = args.skip_trt, args.compile, args.device
     cases = [("torch", p, v, None) for p in ("fp16", "bf16") for v in ("reference", "fast")]
     if compile_:
-        cases += [("torch", "fp16", "reference", "max-autotune-no-cudagraphs"), ("torch", "fp16", "reference", "reduce-overhead")]
+        cases += [
+            ("torch", "fp16", "reference", "max-autotune-no-cudagraphs"),
+            ("torch", "fp16", "reference", "reduce-overhead"),
+        ]
     cases += [("onnxruntime", "fp32", "reference", None)]
     if not skip_trt and importlib.util.find_spec("tensorrt"):
         cases += [("tensorrt", "fp16", "reference", None)]
@@ -135,24 +143,39 @@ def throughput(
     for runner, precision, variant, mode in cases:
         try:
             run = build_runner(model, runner, device, precision, variant, compile_mode=mode)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - the check records every failure and goes on
             rows.append({"check": "throughput", "runner": runner, "precision": precision, "error": str(e)})
             print(f"  skip {runner} {precision}: {e}", flush=True)
             continue
         for batch in batches:
-            row = {"check": "throughput", "runner": runner, "precision": precision, "variant": variant, "compile": mode, "batch": batch, "size": size}
+            row = {
+                "check": "throughput",
+                "runner": runner,
+                "precision": precision,
+                "variant": variant,
+                "compile": mode,
+                "batch": batch,
+                "size": size,
+            }
             try:
                 x = torch.rand(batch, 3, size, size, device=device)
                 times = time_calls(run, x, iters)
                 ips = batch / statistics.median(times)
                 tflops = ips * GFLOP_PER_IMAGE_448 * (size / 448) ** 2 / 1000
-                row.update(img_per_s=round(ips, 1), effective_tflops=round(tflops, 1), vs_matmul=round(tflops / matmul_tflops, 3))
-            except Exception as e:
+                row.update(
+                    img_per_s=round(ips, 1),
+                    effective_tflops=round(tflops, 1),
+                    vs_matmul=round(tflops / matmul_tflops, 3),
+                )
+            except Exception as e:  # noqa: BLE001 - the check records every failure and goes on
                 row["error"] = f"{type(e).__name__}: {e}"
             rows.append(row)
-            print(f"  {runner:12s} {precision:5s} {variant:9s} {str(mode or ''):28s} batch {batch:3d} "
-                  f"{row.get('img_per_s', float('nan')):9.1f} img/s  {row.get('effective_tflops', float('nan')):7.1f} TFLOP/s "
-                  f"{row.get('error', '')}", flush=True)
+            print(
+                f"  {runner:12s} {precision:5s} {variant:9s} {mode or ''!s:28s} batch {batch:3d} "
+                f"{row.get('img_per_s', float('nan')):9.1f} img/s  {row.get('effective_tflops', float('nan')):7.1f} TFLOP/s "
+                f"{row.get('error', '')}",
+                flush=True,
+            )
     return rows
 
 
@@ -198,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"throughput at {args.size}x{args.size}:", flush=True)
         batches = [int(b) for b in args.batches.split(",")]
         result["rows"] += throughput(model, args.size, batches, args.iters, args, result["bf16_matmul_tflops"])
-    except Exception:
+    except Exception:  # noqa: BLE001 - keep what was measured
         result["crash"] = traceback.format_exc()
         print(result["crash"], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -76,7 +77,10 @@ def test_python_m_entry_point(tmp_path):
     env_cache = {"SMALLDEPTHMASK_CACHE": str(tmp_path)}
     proc = subprocess.run(
         [sys.executable, "-m", "smalldepthmask.depth.cli", "weights", "list"],
-        capture_output=True, text=True, env={**__import__("os").environ, **env_cache},
+        capture_output=True,
+        check=False,
+        text=True,
+        env={**os.environ, **env_cache},
     )
     assert proc.returncode == 0 and "densedepth-kitti" in proc.stdout
 

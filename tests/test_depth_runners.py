@@ -58,9 +58,9 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 def plain_low_precision_error(model, x, ref, dtype, device="cpu") -> float:
     """Error of the unmodified network simply cast to `dtype`: the yardstick for low precision."""
-    net = copy.deepcopy(model).to(device=device, dtype=dtype)
+    net = copy.deepcopy(model).to(device=device, dtype=dtype, memory_format=torch.channels_last)
     with torch.no_grad():
-        return rel_err(net(x.to(device=device, dtype=dtype)), ref)
+        return rel_err(net(x.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)), ref)
 
 
 @pytest.mark.parametrize("variant", ["fast", "reference"])

@@ -8,6 +8,7 @@ import http.server
 import socket
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import h5py
 import numpy as np
@@ -24,10 +25,10 @@ PAYLOAD = bytes(np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint
 class RangeHandler(http.server.BaseHTTPRequestHandler):
     """Serves `files`; honours Range unless the path is in `no_range`; `cut` truncates a body."""
 
-    files: dict[str, bytes] = {}
-    no_range: set[str] = set()
-    cut: dict[str, int] = {}
-    ranges: list[str | None] = []
+    files: ClassVar[dict[str, bytes]] = {}
+    no_range: ClassVar[set[str]] = set()
+    cut: ClassVar[dict[str, int]] = {}
+    ranges: ClassVar[list[str | None]] = []
 
     def log_message(self, *args) -> None:  # keep pytest output clean
         pass
@@ -165,6 +166,8 @@ def test_install_from_url_writes_sidecar_and_is_found(server, cache):
     assert record["sha256"] == sha(PAYLOAD) and record["convention"] == "kitti" and record["source"].endswith("/w.bin")
     assert weights.find_cached("densedepth-kitti") == path
     assert weights.guess_convention(path) == ("kitti", "sidecar")
+    assert install_weights("densedepth-kitti", progress=False, check=checked.append) == path  # kept, no download
+    assert len(RangeHandler.ranges) == 1
 
 
 def test_install_from_local_file(tmp_path, cache):
@@ -212,7 +215,7 @@ def test_converted_cache_keyed_by_sha(tmp_path, monkeypatch):
     a, b = tmp_path / "a.h5", tmp_path / "kitti_copy.h5"
     a.write_bytes(b"same bytes")
     b.write_bytes(b"same bytes")
-    state, info = weights.load_state_dict(a)
+    _, info = weights.load_state_dict(a)
     assert not info.from_cache and weights.converted_path(info.sha256).is_file()
     state2, info2 = weights.load_state_dict(b)  # same content, other name: conversion reused
     assert info2.from_cache and len(calls) == 1 and torch.equal(state2["conv3.bias"], fake["conv3.bias"])

@@ -21,18 +21,18 @@ from .weights import DEFAULT_WEIGHTS, cache_dir, resolve_weights_path
 
 __all__ = [
     "Teacher",
-    "load_teacher",
-    "teacher_from_model",
-    "resolve_for_gen",
     "add_gen_arguments",
-    "depth_to_png16",
-    "png16_to_depth",
-    "encode_depth_png",
-    "decode_depth_png",
-    "preview_image",
-    "weights_main",
-    "depth_main",
     "cache_dir",
+    "decode_depth_png",
+    "depth_main",
+    "depth_to_png16",
+    "encode_depth_png",
+    "load_teacher",
+    "png16_to_depth",
+    "preview_image",
+    "resolve_for_gen",
+    "teacher_from_model",
+    "weights_main",
 ]
 
 DEPTH_CHOICES = ("densedepth", "none")
@@ -46,7 +46,9 @@ DEMO_NOTICE = (
 def add_gen_arguments(parser: argparse.ArgumentParser) -> None:
     """--depth, --depth-weights, --depth-runner, --depth-precision."""
     group = parser.add_argument_group("depth teacher")
-    group.add_argument("--depth", choices=DEPTH_CHOICES, default="densedepth", help="depth teacher (default: densedepth)")
+    group.add_argument(
+        "--depth", choices=DEPTH_CHOICES, default="densedepth", help="depth teacher (default: densedepth)"
+    )
     group.add_argument(
         "--depth-weights",
         metavar="FILE",
@@ -56,7 +58,10 @@ def add_gen_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--depth-runner", choices=RUNNERS, default="auto", help="how to run the teacher (default: auto)")
     group.add_argument(
-        "--depth-precision", choices=PRECISIONS, default="auto", help="auto: bf16 on CPUs with native bf16, fp16 on CUDA"
+        "--depth-precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 on CPUs with native bf16, fp16 on CUDA",
     )
 
 

@@ -22,7 +22,6 @@ from .runners import PRECISIONS, RUNNERS
 from .teacher import TEACHER_NAMES, Teacher, load_teacher
 from .weights import DEFAULT_WEIGHTS, REGISTRY, find_cached, load_state_dict, read_sidecar, weights_dir
 
-
 # ---------------------------------------------------------------------------- weights
 
 
@@ -37,6 +36,7 @@ def _weights_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--dest", type=Path, help=f"folder to store it in (default: {weights_dir()})")
     fetch.add_argument("--sha256", help="refuse the file unless it has this sha256")
     fetch.add_argument("--quiet", action="store_true", help="no progress bar")
+    fetch.add_argument("--force", action="store_true", help="fetch again even if already installed")
     sub.add_parser("list", help="known checkpoints and what is in the cache")
     convert = sub.add_parser("convert", help="convert a released .h5 to .safetensors (no TensorFlow needed)")
     convert.add_argument("file", type=Path)
@@ -47,7 +47,9 @@ def _weights_parser() -> argparse.ArgumentParser:
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from .fetch import install_weights
 
-    path = install_weights(args.name, args.url, args.file, args.dest, args.sha256, progress=not args.quiet)
+    path = install_weights(
+        args.name, args.url, args.file, args.dest, args.sha256, progress=not args.quiet, force=args.force
+    )
     record = read_sidecar(path)
     print(f"{args.name}: {path} ({record.get('size')} bytes, sha256 {record.get('sha256')})")
     return 0
@@ -90,8 +92,12 @@ def _depth_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("images", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--weights", help=f"a .h5 or converted .safetensors (default: {DEFAULT_WEIGHTS} from the cache)")
-    parser.add_argument("--teacher", choices=TEACHER_NAMES, default="densedepth", help="fixes the convention (NYU/KITTI)")
+    parser.add_argument(
+        "--weights", help=f"a .h5 or converted .safetensors (default: {DEFAULT_WEIGHTS} from the cache)"
+    )
+    parser.add_argument(
+        "--teacher", choices=TEACHER_NAMES, default="densedepth", help="fixes the convention (NYU/KITTI)"
+    )
     parser.add_argument("--runner", choices=RUNNERS, default="auto")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -20,7 +20,8 @@ class DepthConvention:
     max_m: float
 
     def to_metres(
-        self, raw: torch.Tensor  # [B, 1, h, w] raw network output, any float dtype
+        self,
+        raw: torch.Tensor,  # [B, 1, h, w] raw network output, any float dtype
     ) -> torch.Tensor:  # [B, 1, h, w] float32 metres in [min_m, max_m]
         return (self.scale / raw.float()).clamp_(self.min_m, self.max_m)
 

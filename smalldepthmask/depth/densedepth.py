@@ -73,7 +73,8 @@ class DenseDepth(nn.Module):
         self.conv3 = nn.Conv2d(width // 16, 1, 3, padding=1)
 
     def encode(
-        self, x: torch.Tensor  # [B, 3, H, W] float in [0, 1]
+        self,
+        x: torch.Tensor,  # [B, 3, H, W] float in [0, 1]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:  # [B, 1664, H/32, W/32], skips deepest first
         wanted = {name for name, _ in SKIPS}
         feats: dict[str, torch.Tensor] = {}
@@ -84,7 +85,8 @@ class DenseDepth(nn.Module):
         return F.relu(x), [feats[name] for name, _ in SKIPS]
 
     def forward(
-        self, x: torch.Tensor  # [B, 3, H, W] float in [0, 1], H and W multiples of 32
+        self,
+        x: torch.Tensor,  # [B, 3, H, W] float in [0, 1], H and W multiples of 32
     ) -> torch.Tensor:  # [B, 1, H/2, W/2] float, raw network output
         if not torch.jit.is_tracing():
             check_input_size(x.shape[-2], x.shape[-1])

@@ -15,8 +15,8 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import UsageError
 from .weights import REGISTRY, WeightsEntry, load_state_dict, sha256_of, sidecar_path, weights_dir
@@ -55,9 +55,12 @@ def _copy_stream(response, part: Path, start: int, total: int | None, label: str
     from tqdm import tqdm
 
     mode = "ab" if start else "wb"
-    with open(part, mode) as out, tqdm(
-        total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress
-    ) as bar:
+    with (
+        open(part, mode) as out,
+        tqdm(
+            total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress
+        ) as bar,
+    ):
         while block := response.read(CHUNK):
             out.write(block)
             bar.update(len(block))
@@ -153,10 +156,15 @@ def install_weights(
     sha256: str | None = None,
     progress: bool = True,
     check: Callable[[Path], None] = check_densedepth,
+    force: bool = False,
 ) -> Path:
-    """Fetch registry entry `name` (or a given address / local file) into the cache; returns its path."""
+    """Fetch registry entry `name` (or a given address / local file) into the cache; returns its path.
+
+    An installed file is kept unless `force`, `url` or `file` asks for a new one."""
     entry = registry_entry(name)
     dest = (dest_dir or weights_dir()) / entry.filename
+    if dest.is_file() and sidecar_path(dest).is_file() and not (force or url or file):
+        return dest
     expected_sha = sha256 or entry.sha256
     expected_size = entry.size if (url is None and file is None) else None
     if file is not None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from ..errors import UsageError
-from .densedepth import ENCODER_CHANNELS, LEAKY_SLOPE
+from .densedepth import ENCODER_CHANNELS, KERAS_BN_EPS, LEAKY_SLOPE
 
 DENSENET169_BLOCKS = (6, 12, 32, 32)
 # Keras layer whose output each up-block concatenates (released files).
@@ -112,6 +113,7 @@ def architecture_problems(model_config: dict) -> list[str]:
     if found != DENSENET169_BLOCKS:
         problems.append(f"encoder dense blocks have {found} layers; DenseNet-169 has {DENSENET169_BLOCKS}")
     problems += _decoder_problems(by_name)
+    problems += _batchnorm_problems(layers)
     problems += _activation_problems(layers)
     problems += _wiring_problems(by_name)
     return problems
@@ -143,13 +145,19 @@ def _decoder_problems(by_name: dict[str, dict]) -> list[str]:
     return problems
 
 
+def _batchnorm_problems(layers: list[dict]) -> list[str]:
+    bns = [layer.get("config", {}) for layer in layers if layer.get("class_name") == "BatchNormalization"]
+    eps = sorted({float(cfg.get("epsilon", -1)) for cfg in bns})
+    if any(abs(e - KERAS_BN_EPS) > 1e-9 for e in eps):
+        return [f"BatchNormalization epsilons {eps}; the released files use {KERAS_BN_EPS}"]
+    return []
+
+
 def _activation_problems(layers: list[dict]) -> list[str]:
     leaky = [layer for layer in layers if layer.get("class_name") == "LeakyReLU"]
     problems: list[str] = []
     if len(leaky) != 4:
-        problems.append(
-            f"{len(leaky)} LeakyReLU layers; the released files have 4 (one after each up-block's convB)"
-        )
+        problems.append(f"{len(leaky)} LeakyReLU layers; the released files have 4 (one after each up-block's convB)")
     for layer in leaky:
         cfg = layer.get("config", {})
         slope = cfg.get("alpha", cfg.get("negative_slope"))
@@ -196,9 +204,7 @@ def read_model_config(f, path: Path) -> dict:
     """The parsed `model_config` attribute, or a WeightsFileError saying why there is none."""
     raw = f.attrs.get("model_config")
     if raw is None:
-        raise WeightsFileError(
-            path, "no model_config attribute: not a Keras full-model file (a weights-only .h5?)"
-        )
+        raise WeightsFileError(path, "no model_config attribute: not a Keras full-model file (a weights-only .h5?)")
     try:
         return json.loads(_decode(raw))
     except ValueError as e:

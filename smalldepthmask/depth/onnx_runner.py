@@ -57,10 +57,13 @@ def export_onnx(
     width: int,
     precision: str = "fp32",
     variant: str = "reference",
+    device: torch.device | str = "cpu",
 ) -> Path:
-    """Write an ONNX export of `model` for inputs [B, 3, height, width]; returns `path`."""
-    net = CastWrapper(inference_network(model, variant).cpu().float(), DTYPES[precision]).eval()
-    example = torch.rand(1, 3, height, width).to(torch.float32)
+    """Write an ONNX export of `model` for inputs [B, 3, height, width]; returns `path`.
+
+    Traced on `device` (use the GPU for half precision: CPUs may lack fp16 kernels)."""
+    net = CastWrapper(inference_network(model, variant).to(device).float(), DTYPES[precision]).eval()
+    example = torch.rand(1, 3, height, width, device=device)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with warnings.catch_warnings(), torch.no_grad():
@@ -89,11 +92,17 @@ def onnx_path_for(fingerprint: str | None, height: int, width: int, precision: s
 
 
 def cached_export(
-    model: DenseDepth, fingerprint: str | None, height: int, width: int, precision: str, variant: str
+    model: DenseDepth,
+    fingerprint: str | None,
+    height: int,
+    width: int,
+    precision: str,
+    variant: str,
+    device: torch.device | str = "cpu",
 ) -> Path:
     path = onnx_path_for(fingerprint, height, width, precision, variant)
     if not path.is_file():
-        export_onnx(model, path, height, width, precision, variant)
+        export_onnx(model, path, height, width, precision, variant, device)
     return path
 
 
@@ -142,7 +151,7 @@ class OnnxRuntimeRunner:
         if key not in self._sessions:
             import onnxruntime as ort
 
-            path = cached_export(self.model, self.fingerprint, height, width, self.precision, self.variant)
+            path = cached_export(self.model, self.fingerprint, height, width, self.precision, self.variant, self.device)
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.intra_op_num_threads = torch.get_num_threads()
@@ -150,7 +159,8 @@ class OnnxRuntimeRunner:
         return self._sessions[key]
 
     def __call__(
-        self, x: torch.Tensor  # [B, 3, H, W] float32 in [0, 1] on self.device
+        self,
+        x: torch.Tensor,  # [B, 3, H, W] float32 in [0, 1] on self.device
     ) -> torch.Tensor:  # [B, 1, H/2, W/2] float32 raw output on self.device
         session = self._session(x.shape[-2], x.shape[-1])
         x = x.to(device=self.device, dtype=torch.float32).contiguous()
@@ -160,7 +170,9 @@ class OnnxRuntimeRunner:
         return self._run_cuda(session, x)
 
     def _run_cuda(
-        self, session, x: torch.Tensor  # [B, 3, H, W] float32 contiguous on CUDA
+        self,
+        session,
+        x: torch.Tensor,  # [B, 3, H, W] float32 contiguous on CUDA
     ) -> torch.Tensor:  # [B, 1, H/2, W/2] float32 on CUDA
         out = torch.empty(x.shape[0], 1, x.shape[2] // 2, x.shape[3] // 2, device=x.device)
         index = x.device.index or 0

@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -35,7 +36,8 @@ class Runner(Protocol):
     device: torch.device
 
     def __call__(
-        self, x: torch.Tensor  # [B, 3, H, W] float32 in [0, 1] on `device`
+        self,
+        x: torch.Tensor,  # [B, 3, H, W] float32 in [0, 1] on `device`
     ) -> torch.Tensor:  # [B, 1, H/2, W/2] float32 raw network output on `device`
         ...
 
@@ -128,11 +130,12 @@ class TorchRunner:
         return torch.compile(net, mode=mode, dynamic=False)
 
     def __call__(
-        self, x: torch.Tensor  # [B, 3, H, W] float32 in [0, 1] on self.device
+        self,
+        x: torch.Tensor,  # [B, 3, H, W] float32 in [0, 1] on self.device
     ) -> torch.Tensor:  # [B, 1, H/2, W/2] float32 raw output
         x = x.to(device=self.device, dtype=self.dtype).contiguous(memory_format=torch.channels_last)
         exact = self.device.type == "cuda" and self.precision == "fp32"
-        with torch.inference_mode(), (no_tf32() if exact else contextlib.nullcontext()):
+        with torch.inference_mode(), no_tf32() if exact else contextlib.nullcontext():
             out = self.net(x)
             if self.compile_mode == "reduce-overhead":
                 out = out.clone()  # CUDA-graph outputs are overwritten by the next call

@@ -35,6 +35,7 @@ class Teacher:
         self.runner = runner
         self.convention = convention
         self.weights = weights
+        self._overflow_checks_left = 3  # fp16: look for inf/nan on the first batches only (a check syncs the GPU)
 
     @property
     def max_depth(self) -> float:
@@ -49,14 +50,17 @@ class Teacher:
         return self.runner.device
 
     def __call__(
-        self, x: torch.Tensor  # [B, 3, H, W] float32 in [0, 1] on the teacher's device, H, W multiples of 32
+        self,
+        x: torch.Tensor,  # [B, 3, H, W] float32 in [0, 1] on the teacher's device, H, W multiples of 32
     ) -> torch.Tensor:  # [B, 1, H/2, W/2] float32 metres in [min_depth, max_depth]
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected [B, 3, H, W] RGB, got {tuple(x.shape)}")
         check_input_size(x.shape[-2], x.shape[-1])
         raw = self.runner(x)
-        if self.runner.precision == "fp16" and not torch.isfinite(raw).all():
-            raise UsageError("the depth network overflowed in fp16; use --depth-precision bf16 or fp32")
+        if self.runner.precision == "fp16" and self._overflow_checks_left > 0:
+            self._overflow_checks_left -= 1
+            if not torch.isfinite(raw).all():
+                raise UsageError("the depth network overflowed in fp16; use --depth-precision bf16 or fp32")
         return self.convention.to_metres(raw)
 
     def describe(self) -> dict:
@@ -105,8 +109,14 @@ def load_teacher(
     runner: str = "auto",
     precision: str = "auto",
     variant: str = "auto",
+    compile_mode: str | None = None,
 ) -> Teacher:
-    """Load a depth teacher. `name`: densedepth (convention from the file), densedepth-nyu or -kitti."""
+    """Load a depth teacher. `name`: densedepth (convention from the file), densedepth-nyu or -kitti.
+
+    `variant`: "fast" (exact FLOP-saving rewrite, default on CPU) or "reference" (default on CUDA);
+    `compile_mode`: torch runner only, passed to torch.compile ("default" on CPU also freezes
+    weights); compiling takes minutes per input size.
+    """
     if name not in TEACHER_NAMES:
         raise UsageError(f"unknown depth teacher {name!r}; choose from {', '.join(TEACHER_NAMES)}")
     registry_name = DEFAULT_WEIGHTS if name == "densedepth" else name
@@ -114,7 +124,7 @@ def load_teacher(
     if path is None:
         raise missing_weights_error(registry_name)
     model, info = load_model(path)
-    built = build_runner(model, runner, device, precision, variant, fingerprint=info.sha256 or None)
+    built = build_runner(model, runner, device, precision, variant, info.sha256 or None, compile_mode)
     return Teacher(model, built, _convention_for(name, info), info)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -36,7 +37,9 @@ def _trt():
     return trt
 
 
-def engine_key(device: torch.device, onnx_sha256: str, shape: tuple[int, int], batch: tuple[int, int, int], precision: str) -> dict:
+def engine_key(
+    device: torch.device, onnx_sha256: str, shape: tuple[int, int], batch: tuple[int, int, int], precision: str
+) -> dict:
     """Everything an engine depends on; its hash names the cached file."""
     trt = _trt()
     props = torch.cuda.get_device_properties(device)
@@ -109,10 +112,15 @@ class TensorRTRunner:
 
     def _context(self, shape: tuple[int, int]):
         if shape not in self._contexts:
-            onnx_path = cached_export(self.model, self.fingerprint, *shape, self.precision, self.variant)
+            onnx_path = cached_export(self.model, self.fingerprint, *shape, self.precision, self.variant, self.device)
             key = engine_key(self.device, sha256_of(onnx_path), shape, self.batch, self.precision)
             path = self._engine_path(key)
             if not path.is_file():
+                print(
+                    f"smalldepthmask: building a TensorRT engine for {shape[0]}x{shape[1]} "
+                    f"({self.precision}; once per GPU and size, may take minutes) -> {path}",
+                    file=sys.stderr,
+                )
                 with torch.cuda.device(self.device):
                     blob = build_engine(onnx_path, shape, self.batch)
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +134,8 @@ class TensorRTRunner:
         return self._contexts[shape][1]
 
     def __call__(
-        self, x: torch.Tensor  # [B, 3, H, W] float32 in [0, 1] on self.device
+        self,
+        x: torch.Tensor,  # [B, 3, H, W] float32 in [0, 1] on self.device
     ) -> torch.Tensor:  # [B, 1, H/2, W/2] float32 raw output on self.device
         x = x.to(device=self.device, dtype=torch.float32).contiguous()
         context = self._context((x.shape[2], x.shape[3]))

@@ -167,7 +167,7 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has keys() only
     except (SafetensorError, OSError) as e:
         raise WeightsFileError(path, f"not a readable safetensors file ({e})") from None
     if metadata.get("format") != CONVERTED_FORMAT:
