@@ -182,4 +182,7 @@ def build_generator(cfg: GenConfig, device: str = "auto", log=None) -> Generator
     from .depth import resolve_for_gen
     teacher = resolve_for_gen(cfg.depth, cfg.depth_weights, cfg.depth_runner, cfg.depth_precision, str(dev),
                               inputs.demo)
+    if teacher is not None and cfg.compose_size % teacher.size_multiple:
+        raise UsageError(f"--compose-size {cfg.compose_size}: the depth teacher needs a multiple of "
+                         f"{teacher.size_multiple} (or use --depth none)")
     return Generator(cfg, inputs, bgs, fgs, dev, teacher)

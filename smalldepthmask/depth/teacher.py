@@ -8,7 +8,7 @@ import torch
 
 from ..errors import UsageError
 from .conventions import CONVENTIONS, DepthConvention
-from .densedepth import DenseDepth, check_input_size, from_state_dict
+from .densedepth import SIZE_MULTIPLE, DenseDepth, check_input_size, from_state_dict
 from .runners import Runner, build_runner
 from .weights import DEFAULT_WEIGHTS, REGISTRY, WeightsInfo, find_cached, load_state_dict, weights_dir
 
@@ -23,6 +23,7 @@ class Teacher:
     """
 
     name = "densedepth"
+    size_multiple = SIZE_MULTIPLE  # input height and width must be multiples of this
 
     def __init__(
         self,
