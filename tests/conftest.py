@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device")])]
@@ -20,3 +21,27 @@ def soft_disc(h: int, w: int, rng: np.random.Generator, hard: bool = False) -> n
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+class FakeTeacher:
+    """A cheap deterministic stand-in for DenseDepth: depth from the composite's brightness."""
+
+    size_multiple = 1
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [B, 3, S, S] -> [B, 1, S/2, S/2] metres
+        return 1.0 + 4.0 * F.avg_pool2d(x.mean(1, keepdim=True), 2)
+
+    def describe(self) -> dict:
+        return {"teacher": "fake", "convention": "nyu", "depth_range_m": [0.1, 10.0]}
+
+
+def gen_with_fake_teacher(out, argv: list[str]) -> None:
+    """Run gen into `out` with the fake teacher standing in for DenseDepth."""
+    from smalldepthmask import depth as depth_pkg
+    from smalldepthmask import gen
+    mp = pytest.MonkeyPatch()
+    mp.setattr(depth_pkg, "resolve_for_gen", lambda *a, **k: FakeTeacher())
+    try:
+        assert gen.main(["--shards", str(out), *argv]) == 0
+    finally:
+        mp.undo()

@@ -6,10 +6,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from smalldepthmask import depth as depth_pkg
+from conftest import FakeTeacher, gen_with_fake_teacher
 from smalldepthmask import gen
 from smalldepthmask.data import Batches, ShardDataset, expand_shards, open_shards, split_shards
 from smalldepthmask.errors import UsageError
@@ -18,26 +17,11 @@ from smalldepthmask.stream import StreamDataset, build_generator, split_position
 GEN_ARGS = ["--k", "2", "--limit", "48", "--compose-size", "64", "--out-size", "64", "--quiet"]
 
 
-class FakeTeacher:
-    """A cheap deterministic stand-in for DenseDepth: depth from the composite's brightness."""
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [B, 3, S, S] -> [B, 1, S/2, S/2] metres
-        return 1.0 + 4.0 * F.avg_pool2d(x.mean(1, keepdim=True), 2)
-
-    def describe(self) -> dict:
-        return {"teacher": "fake", "convention": "nyu", "depth_range_m": [0.1, 10.0]}
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """48 samples in 6 shards of 8, with depth (fake teacher)."""
     d = tmp_path_factory.mktemp("shards")
-    mp = pytest.MonkeyPatch()
-    mp.setattr(depth_pkg, "resolve_for_gen", lambda *a, **k: FakeTeacher())
-    try:
-        assert gen.main(["--shards", str(d), "--shard-size", "8", *GEN_ARGS]) == 0
-    finally:
-        mp.undo()
+    gen_with_fake_teacher(d, ["--shard-size", "8", *GEN_ARGS])
     return d
 
 

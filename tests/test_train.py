@@ -5,10 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from smalldepthmask import depth as depth_pkg
+from conftest import gen_with_fake_teacher
 from smalldepthmask import gen
 from smalldepthmask.__main__ import main as cli
 from smalldepthmask.model import checkpoint
@@ -17,25 +16,10 @@ GEN_ARGS = ["--k", "2", "--limit", "48", "--shard-size", "16", "--compose-size",
 SMALL = ["--batch-size", "16", "--width", "0.5", "--size", "32", "--workers", "0", "--quiet"]
 
 
-class FakeTeacher:
-    """A cheap deterministic stand-in for DenseDepth: depth from the composite's brightness."""
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [B, 3, S, S] -> [B, 1, S/2, S/2] metres
-        return 1.0 + 4.0 * F.avg_pool2d(x.mean(1, keepdim=True), 2)
-
-    def describe(self) -> dict:
-        return {"teacher": "fake", "convention": "nyu", "depth_range_m": [0.1, 10.0]}
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     d = tmp_path_factory.mktemp("train-shards")
-    mp = pytest.MonkeyPatch()
-    mp.setattr(depth_pkg, "resolve_for_gen", lambda *a, **k: FakeTeacher())
-    try:
-        assert gen.main(["--shards", str(d), *GEN_ARGS]) == 0
-    finally:
-        mp.undo()
+    gen_with_fake_teacher(d, [*GEN_ARGS])
     return d
 
 
