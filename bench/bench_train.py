@@ -34,7 +34,8 @@ from smalldepthmask.data import Batches, ShardDataset, open_shards  # noqa: E402
 from smalldepthmask.model import BaselineNet, ModelConfig, parameter_count  # noqa: E402
 from smalldepthmask.model.loop import Trainer, TrainConfig  # noqa: E402
 from smalldepthmask.model.net import scaled_widths  # noqa: E402
-from smalldepthmask.stream import StreamDataset, build_generator, stream_config  # noqa: E402
+from smalldepthmask.generator import build_generator  # noqa: E402
+from smalldepthmask.stream import StreamDataset, stream_config  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

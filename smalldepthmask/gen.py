@@ -21,7 +21,7 @@ import torch
 
 from . import __version__, config, sink
 from .encode import encode_samples, sample_key
-from .errors import UsageError, run_cli
+from .errors import run_cli
 from .generator import Generator, build_generator
 
 

@@ -24,7 +24,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .config import GenConfig
 from .data import mix, split_by_background
 from .encode import sample_key
-from .generator import Generator, build_generator
+from .generator import Generator
 from .plan import decompose, permute
 
 

@@ -126,7 +126,8 @@ def shard_data(a: argparse.Namespace, pin: bool, log):
 
 def stream_data(a: argparse.Namespace, device: torch.device, log):
     from . import config
-    from .stream import StreamDataset, build_generator, split_positions
+    from .generator import build_generator
+    from .stream import StreamDataset, split_positions
     ns = argparse.Namespace(shards="<stream>", folders=None, fg=a.fg, bg=a.bg, k=a.k, seed=a.gen_seed, limit=a.limit,
                             scale=a.scale, compose_size=a.compose_size, out_size=a.out_size,
                             mask_threshold=a.mask_threshold, shard_size=10_000, jpeg_quality=95, batch_size=a.batch_size,

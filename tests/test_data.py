@@ -12,7 +12,8 @@ from conftest import FakeTeacher, gen_with_fake_teacher
 from smalldepthmask import gen
 from smalldepthmask.data import Batches, ShardDataset, expand_shards, open_shards, split_shards
 from smalldepthmask.errors import UsageError
-from smalldepthmask.stream import StreamDataset, build_generator, split_positions, stream_config
+from smalldepthmask.generator import build_generator
+from smalldepthmask.stream import StreamDataset, split_positions, stream_config
 
 GEN_ARGS = ["--k", "2", "--limit", "48", "--compose-size", "64", "--out-size", "64", "--quiet"]
 
