@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import platform
-import socket
 import statistics
 import sys
 import time
@@ -26,38 +23,25 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from smalldepthmask.depth.densedepth import DenseDepth
-from smalldepthmask.depth.runners import build_runner, cpu_has_native_bf16
-from smalldepthmask.errors import UsageError
+from common import machine, print_machine, save_json  # noqa: E402
+
+from smalldepthmask.depth.densedepth import DenseDepth  # noqa: E402
+from smalldepthmask.depth.runners import build_runner, cpu_has_native_bf16  # noqa: E402
+from smalldepthmask.errors import UsageError  # noqa: E402
 
 GFLOP_PER_IMAGE_448 = 160.6
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict:
-    info = {
-        "host": socket.gethostname(),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cpu_native_bf16": cpu_has_native_bf16(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "load_average_at_start": list(os.getloadavg()),
-        "python": platform.python_version(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
+    """bench/common's machine description plus what matters for the depth runners."""
+    info = machine()
+    info.update(
+        cpu_native_bf16=cpu_has_native_bf16(),
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        load_average_at_start=list(os.getloadavg()),
+    )
     try:
         import onnxruntime
 
@@ -172,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
     info = machine_info()
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+    print_machine(info)
     print(f"DenseDepth {args.size}x{args.size}, random weights, median of {args.iters} after {args.warmup} warm-up")
     model = random_model()
     baseline: dict = {}
@@ -181,10 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_config(model, config, batches, args.size, args, baseline)
     info["load_average_at_end"] = list(os.getloadavg())
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M")
-    out = args.json or Path(__file__).parent / "results" / f"depth-{stamp}-{socket.gethostname()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": info, "size": args.size, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {out}")
+    save_json("depth", {"machine": info, "size": args.size, "rows": rows}, args.json, stamp=stamp)
     return 0
 
 

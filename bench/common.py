@@ -42,7 +42,7 @@ def machine() -> dict:
 
 
 def print_machine(m: dict) -> None:
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in m.items()))
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in m.items()), flush=True)
 
 
 def median_time(fn, repeats: int = 3, warmup: int = 1) -> float:
@@ -71,8 +71,10 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
-def save_json(name: str, payload: dict, path: str | None = None) -> Path:
-    out = Path(path) if path else RESULTS / f"{name}-{datetime.date.today().isoformat()}-{socket.gethostname()}.json"
+def save_json(name: str, payload: dict, path: str | Path | None = None, stamp: str | None = None) -> Path:
+    """Write `payload` to `path`, else to results/<name>-<stamp>-<host>.json (`stamp`: today's date by default)."""
+    stamp = stamp or datetime.date.today().isoformat()
+    out = Path(path) if path else RESULTS / f"{name}-{stamp}-{socket.gethostname()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=1) + "\n")
     print(f"wrote {out}")

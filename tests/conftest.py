@@ -18,6 +18,29 @@ def soft_disc(h: int, w: int, rng: np.random.Generator, hard: bool = False) -> n
     return rgba
 
 
+def random_densedepth_weights(path):
+    """Write a random-weights DenseDepth checkpoint (converted .safetensors) to `path`; returns `path`.
+
+    Seeded, with a positive raw output so the depths fall inside the convention's range."""
+    from smalldepthmask.depth.densedepth import DenseDepth
+    from smalldepthmask.depth.weights import save_converted
+
+    torch.manual_seed(0)
+    state = {k: v for k, v in DenseDepth().state_dict().items() if not k.endswith("num_batches_tracked")}
+    with torch.no_grad():
+        state["conv3.bias"].fill_(2.0)  # a positive raw output -> depths inside the range
+        state["conv3.weight"].mul_(0.01)
+    save_converted(state, path.with_suffix(".h5"), "0" * 64, path)
+    return path
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """SMALLDEPTHMASK_CACHE pointed at an empty folder under tmp_path; returns that folder."""
+    monkeypatch.setenv("SMALLDEPTHMASK_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

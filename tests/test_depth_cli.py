@@ -9,30 +9,19 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
+from conftest import random_densedepth_weights
 from smalldepthmask.depth import cli, decode_depth_png
-from smalldepthmask.depth.densedepth import DenseDepth
-from smalldepthmask.depth.weights import load_state_dict, save_converted
+from smalldepthmask.depth.weights import load_state_dict
 from smalldepthmask.errors import run_cli
+
+pytestmark = pytest.mark.usefixtures("private_cache")  # SMALLDEPTHMASK_CACHE in tmp_path
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    torch.manual_seed(0)
-    state = {k: v for k, v in DenseDepth().state_dict().items() if not k.endswith("num_batches_tracked")}
-    with torch.no_grad():
-        state["conv3.bias"].fill_(2.0)  # a positive raw output -> depths inside the range
-        state["conv3.weight"].mul_(0.01)
-    path = tmp_path_factory.mktemp("w") / "random.safetensors"
-    save_converted(state, path.with_suffix(".h5"), "0" * 64, path)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMALLDEPTHMASK_CACHE", str(tmp_path / "cache"))
+    return random_densedepth_weights(tmp_path_factory.mktemp("w") / "random.safetensors")
 
 
 def test_depth_command_writes_png16_and_preview(converted, tmp_path, capsys):

@@ -18,6 +18,8 @@ from smalldepthmask.depth.onnx_runner import OPSET, export_onnx
 from smalldepthmask.depth.runners import build_runner
 from smalldepthmask.errors import UsageError
 
+pytestmark = pytest.mark.usefixtures("private_cache")  # SMALLDEPTHMASK_CACHE in tmp_path
+
 HAS_CUDA = torch.cuda.is_available()
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
@@ -45,11 +47,6 @@ def x() -> torch.Tensor:
 def reference(model, x) -> torch.Tensor:
     with torch.no_grad():
         return model(x)
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMALLDEPTHMASK_CACHE", str(tmp_path / "cache"))
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

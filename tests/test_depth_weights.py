@@ -19,6 +19,8 @@ from smalldepthmask.depth import cli, fetch, resolve_for_gen, weights
 from smalldepthmask.depth.fetch import DEAD_LINK_HINT, DownloadError, download, install_weights
 from smalldepthmask.errors import UsageError, run_cli
 
+pytestmark = pytest.mark.usefixtures("private_cache")  # SMALLDEPTHMASK_CACHE in tmp_path
+
 PAYLOAD = bytes(np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8))
 
 
@@ -79,18 +81,12 @@ def dead_url():
     return f"http://127.0.0.1:{port}/nyu.h5"
 
 
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMALLDEPTHMASK_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def test_cache_dir_env_override(cache, monkeypatch):
-    assert weights.cache_dir() == cache
+def test_cache_dir_env_override(private_cache, monkeypatch):
+    assert weights.cache_dir() == private_cache
     monkeypatch.delenv("SMALLDEPTHMASK_CACHE")
     assert "smalldepthmask" in str(weights.cache_dir())
 
@@ -158,10 +154,10 @@ def test_dead_published_address_says_so(dead_url, monkeypatch):
     assert "could not download" in e.value.message and DEAD_LINK_HINT in e.value.details
 
 
-def test_install_from_url_writes_sidecar_and_is_found(server, cache):
+def test_install_from_url_writes_sidecar_and_is_found(server, private_cache):
     checked = []
     path = install_weights("densedepth-kitti", url=f"{server}/w.bin", progress=False, check=checked.append)
-    assert path == cache / "weights" / "kitti.h5" and checked == [path]
+    assert path == private_cache / "weights" / "kitti.h5" and checked == [path]
     record = weights.read_sidecar(path)
     assert record["sha256"] == sha(PAYLOAD) and record["convention"] == "kitti" and record["source"].endswith("/w.bin")
     assert weights.find_cached("densedepth-kitti") == path
@@ -170,14 +166,14 @@ def test_install_from_url_writes_sidecar_and_is_found(server, cache):
     assert len(RangeHandler.ranges) == 1
 
 
-def test_install_from_local_file(tmp_path, cache):
+def test_install_from_local_file(tmp_path, private_cache):
     local = tmp_path / "copy.h5"
     local.write_bytes(PAYLOAD)
     path = install_weights("densedepth-nyu", file=local, progress=False, check=lambda p: None)
     assert path.read_bytes() == PAYLOAD and weights.read_sidecar(path)["source"] == str(local.resolve())
 
 
-def test_install_refuses_non_densedepth_file(server, cache):
+def test_install_refuses_non_densedepth_file(server, private_cache):
     with pytest.raises(UsageError, match="not a readable HDF5 file"):
         install_weights("densedepth-nyu", url=f"{server}/junk.h5", progress=False)
     assert weights.find_cached("densedepth-nyu") is None

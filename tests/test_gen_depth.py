@@ -5,37 +5,25 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import webdataset as wds
 from PIL import Image
 
+from conftest import random_densedepth_weights
 from smalldepthmask import gen
 from smalldepthmask.config import GenConfig
 from smalldepthmask.depth import png16_to_depth
-from smalldepthmask.depth.densedepth import DenseDepth
-from smalldepthmask.depth.weights import save_converted
 from smalldepthmask.errors import run_cli
 from smalldepthmask.generator import build_generator
 from test_gen import make_inputs
+
+pytestmark = pytest.mark.usefixtures("private_cache")  # SMALLDEPTHMASK_CACHE in tmp_path
 
 SIZES = ["--k", "1", "--compose-size", "64", "--out-size", "32", "--shard-size", "5", "--quiet"]
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    state = {k: v for k, v in DenseDepth().state_dict().items() if not k.endswith("num_batches_tracked")}
-    with torch.no_grad():
-        state["conv3.bias"].fill_(2.0)  # a positive raw output -> depths inside the range
-        state["conv3.weight"].mul_(0.01)
-    path = tmp_path_factory.mktemp("w") / "random.safetensors"
-    save_converted(state, path.with_suffix(".h5"), "0" * 64, path)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def empty_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMALLDEPTHMASK_CACHE", str(tmp_path / "cache"))
+    return random_densedepth_weights(tmp_path_factory.mktemp("w") / "random.safetensors")
 
 
 def test_depth_png_round_trip(tmp_path, weights):

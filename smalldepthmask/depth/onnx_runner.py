@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import UsageError
 from .densedepth import DenseDepth
-from .runners import DTYPES, inference_network, resolve_variant
+from .runners import DTYPES, BaseRunner, inference_network
 from .weights import cache_dir
 
 OPSET = 17
@@ -106,7 +106,7 @@ def cached_export(
     return path
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(BaseRunner):
     """ONNX Runtime (CPU, or CUDA when onnxruntime-gpu is installed); exports once per input size."""
 
     name = "onnxruntime"
@@ -121,10 +121,7 @@ class OnnxRuntimeRunner:
     ):
         import onnxruntime as ort
 
-        self.device = device
-        self.precision = self._precision(precision, device)
-        self.variant = resolve_variant(variant, device)
-        self.model = model
+        super().__init__(model, device, precision, variant)
         self.fingerprint = fingerprint
         self.providers = self._providers(ort, device)
         self._sessions: dict[tuple[int, int], object] = {}
@@ -183,11 +180,5 @@ class OnnxRuntimeRunner:
         session.run_with_iobinding(binding)
         return out
 
-    def describe(self) -> dict:
-        return {
-            "runner": self.name,
-            "precision": self.precision,
-            "device": str(self.device),
-            "variant": self.variant,
-            "opset": OPSET,
-        }
+    def _details(self) -> dict:
+        return {"opset": OPSET}

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..generator import resolve_device
 from .densedepth import DenseDepth
 from .fast import FastDenseDepth
 
@@ -42,19 +43,6 @@ class Runner(Protocol):
         ...
 
     def describe(self) -> dict: ...
-
-
-def parse_device(device: str | torch.device) -> torch.device:
-    """A torch.device, refusing CUDA when torch has none."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise UsageError(f"unknown device {device!r} ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {device!r}: this torch has no usable CUDA device")
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"device {device!r}: only cpu and cuda are supported")
-    return dev
 
 
 def cpu_has_native_bf16() -> bool:
@@ -97,7 +85,37 @@ def inference_network(model: DenseDepth, variant: str) -> nn.Module:
     return net.eval()
 
 
-class TorchRunner:
+class BaseRunner:
+    """What the runners share: the resolved precision and variant on `device`, and `describe`.
+
+    Subclasses pick how precision and variant resolve (`_precision`, `_variant`) and add their
+    own fields to `describe` (`_details`)."""
+
+    name: str
+
+    def __init__(self, model: DenseDepth, device: torch.device, precision: str, variant: str):
+        self.model = model
+        self.device = device
+        self.precision = self._precision(precision, device)
+        self.variant = self._variant(variant, device)
+
+    _precision = staticmethod(resolve_precision)
+    _variant = staticmethod(resolve_variant)
+
+    def _details(self) -> dict:
+        return {}
+
+    def describe(self) -> dict:
+        return {
+            "runner": self.name,
+            "precision": self.precision,
+            "device": str(self.device),
+            "variant": self.variant,
+            **self._details(),
+        }
+
+
+class TorchRunner(BaseRunner):
     """Eager (optionally compiled) PyTorch in the chosen precision, channels_last."""
 
     name = "torch"
@@ -110,9 +128,7 @@ class TorchRunner:
         variant: str = "auto",
         compile_mode: str | None = None,
     ):
-        self.device = device
-        self.precision = resolve_precision(precision, device)
-        self.variant = resolve_variant(variant, device)
+        super().__init__(model, device, precision, variant)
         self.dtype = DTYPES[self.precision]
         self.compile_mode = compile_mode
         net = inference_network(model, self.variant).to(device=device, dtype=self.dtype)
@@ -141,14 +157,8 @@ class TorchRunner:
                 out = out.clone()  # CUDA-graph outputs are overwritten by the next call
         return out.float()
 
-    def describe(self) -> dict:
-        return {
-            "runner": self.name,
-            "precision": self.precision,
-            "device": str(self.device),
-            "variant": self.variant,
-            "compile": self.compile_mode,
-        }
+    def _details(self) -> dict:
+        return {"compile": self.compile_mode}
 
 
 @contextlib.contextmanager
@@ -188,7 +198,7 @@ def build_runner(
     `compile_mode` (torch runner only) is passed to torch.compile, e.g. "max-autotune-no-cudagraphs"
     or "reduce-overhead" (CUDA graphs); compiling takes minutes and happens on the first call.
     """
-    dev = parse_device(device)
+    dev = resolve_device(device, flag="device", allow_auto=False)
     if runner not in RUNNERS:
         raise UsageError(f"unknown runner {runner!r}; choose from {', '.join(RUNNERS)}")
     if runner == "auto":

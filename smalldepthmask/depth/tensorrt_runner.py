@@ -21,7 +21,7 @@ import torch
 from ..errors import UsageError
 from .densedepth import DenseDepth
 from .onnx_runner import INPUT_NAME, OUTPUT_NAME, cached_export
-from .runners import resolve_precision
+from .runners import BaseRunner
 from .weights import cache_dir, sha256_of
 
 WORKSPACE_BYTES = 4 << 30
@@ -78,7 +78,7 @@ def build_engine(onnx_path: Path, shape: tuple[int, int], batch: tuple[int, int,
     return bytes(serialized)
 
 
-class TensorRTRunner:
+class TensorRTRunner(BaseRunner):
     """Runs batches of up to `max_batch` images per engine call (larger batches are split)."""
 
     name = "tensorrt"
@@ -96,15 +96,16 @@ class TensorRTRunner:
         self.trt = _trt()
         if device.type != "cuda":
             raise UsageError("--depth-runner tensorrt needs a CUDA device")
-        self.device = device
-        self.precision = resolve_precision(precision, device)
-        self.model = model
-        self.variant = variant
+        super().__init__(model, device, precision, variant)
         self.fingerprint = fingerprint
         self.batch = (1, min(opt_batch, max_batch), max_batch)
         self.runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
         self._contexts: dict[tuple[int, int], tuple[object, object]] = {}
         self.engine_files: list[str] = []
+
+    @staticmethod
+    def _variant(variant: str, device: torch.device) -> str:
+        return variant  # the ONNX export's graph, as given (the reference one by default)
 
     def _engine_path(self, key: dict) -> Path:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
@@ -150,12 +151,5 @@ class TensorRTRunner:
                 raise RuntimeError("TensorRT execute_async_v3 failed")
         return out
 
-    def describe(self) -> dict:
-        return {
-            "runner": self.name,
-            "precision": self.precision,
-            "device": str(self.device),
-            "variant": self.variant,
-            "tensorrt": self.trt.__version__,
-            "batch_min_opt_max": list(self.batch),
-        }
+    def _details(self) -> dict:
+        return {"tensorrt": self.trt.__version__, "batch_min_opt_max": list(self.batch)}
