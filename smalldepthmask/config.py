@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import asdict, dataclass, field
 
 from .errors import UsageError
@@ -27,7 +28,7 @@ class GenConfig:
     mask_threshold: float = 0.5
     shard_size: int = 10_000
     jpeg_quality: int = 95
-    batch_size: int = 32
+    batch_size: int = 64
     workers: int = 2
     device: str = "auto"
     composite_backend: str = "auto"
@@ -64,8 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask-threshold", type=float, default=0.5, help="mask = downsampled alpha >= this")
     p.add_argument("--shard-size", type=int, default=10_000, help="samples per shard")
     p.add_argument("--jpeg-quality", type=int, default=95)
-    p.add_argument("--batch-size", type=int, default=32, help="samples composited per batch")
-    p.add_argument("--workers", type=int, default=2, help="encoder threads")
+    p.add_argument("--batch-size", type=int, default=64, help="samples composited per batch")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2,
+                   help="encoder threads (on the CPU without a teacher they also composite); default: all cores")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--composite-backend", default="auto", choices=("auto", "ext", "reference"),
                    help="compiled kernel (ext) or plain-torch reference; auto prefers the kernel")

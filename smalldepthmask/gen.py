@@ -82,26 +82,39 @@ class _Writer(threading.Thread):
         sink.write_json_atomic(self.out / sink.MANIFEST, self.manifest)
 
 
-def _encode_job(gen: Generator, keys, image, mask, depth, records):
+def _encode_batch(gen: Generator, idx, batch) -> list[dict]:
+    """Encode one made batch (on any device) into WebDataset sample dicts."""
     pngs = None
-    if depth is not None:
+    if batch.depth is not None:
         from .depth import encode_depth_png
-        pngs = [encode_depth_png(d[0]) for d in depth]
-    return encode_samples(keys, image, mask, records, gen.cfg.jpeg_quality, pngs)
+        pngs = [encode_depth_png(d[0]) for d in batch.depth.float().cpu().numpy()]
+    return encode_samples([sample_key(int(i)) for i in idx], batch.image.cpu().numpy(), batch.mask.cpu().numpy(),
+                          gen.records(batch.params), gen.cfg.jpeg_quality, pngs)
+
+
+def _make_and_encode(gen: Generator, idx) -> list[dict]:
+    return _encode_batch(gen, idx, gen.batch(idx))
+
+
+def composite_in_workers(gen: Generator) -> bool:
+    """On the CPU without a teacher, each encoder thread also composites its batch (the kernel releases the
+    GIL), so both heavy stages spread over the cores; otherwise the main thread feeds the device in order."""
+    return gen.device.type == "cpu" and gen.teacher is None
 
 
 def produce(gen: Generator, units: list[int], q: queue.Queue, pool: ThreadPoolExecutor, writer: _Writer) -> None:
     """Make every pending unit batch by batch and hand the encode futures to the writer, in order."""
     cfg = gen.cfg
+    in_workers = composite_in_workers(gen)
     for unit in units:
         start, stop = unit * cfg.shard_size, min((unit + 1) * cfg.shard_size, gen.total)
         for b0 in range(start, stop, cfg.batch_size):
             b1 = min(b0 + cfg.batch_size, stop)
             idx = gen.indices(b0, b1)
-            batch = gen.batch(idx)
-            depth = batch.depth.float().cpu().numpy() if batch.depth is not None else None
-            fut = pool.submit(_encode_job, gen, [sample_key(int(i)) for i in idx], batch.image.cpu().numpy(),
-                              batch.mask.cpu().numpy(), depth, gen.records(batch.params))
+            if in_workers:
+                fut = pool.submit(_make_and_encode, gen, idx)
+            else:
+                fut = pool.submit(_encode_batch, gen, idx, gen.batch(idx))
             while True:  # bounded queue; wake up now and then to notice a failed writer
                 if writer.error is not None or not writer.is_alive():
                     return
@@ -131,8 +144,8 @@ def index_rows(gen: Generator) -> list[dict]:
 def run(cfg: config.GenConfig) -> int:
     gen = build_generator(cfg, cfg.device, log)  # every input is checked before anything is written
     inputs, teacher, device = gen.inputs, gen.teacher, gen.device
-    if device.type == "cpu" and teacher is None:  # leave the encoder threads their cores
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.workers))
+    if composite_in_workers(gen):  # the encoder threads composite: one kernel thread each
+        torch.set_num_threads(1)
     identity = {"version": __version__, "config": cfg.output_config(), "composite": gen.backend,
                 "inputs": {"fg": [f.record() for f in inputs.fg], "bg": [b.record() for b in inputs.bg]},
                 "teacher": teacher.describe() if teacher is not None else None}

@@ -84,6 +84,7 @@ class ShardWriter:
         return {"count": self.count, "sha256": self.hfile.sha.hexdigest()}
 
     def abort(self) -> None:
+        self.tar.close()  # finish the tar stream first, so nothing writes to the file after it is closed
         self.file.close()
         self.tmp.unlink(missing_ok=True)
 
