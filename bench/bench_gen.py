@@ -67,7 +67,7 @@ def main() -> None:
     a = ap.parse_args()
     m = machine()
     print_machine(m)
-    backends = (["ext"] if extension_status()[0] else []) + ["reference"] if a.backends == "auto" \
+    backends = (["ext"] if extension_status(a.device)[0] else []) + ["reference"] if a.backends == "auto" \
         else a.backends.split(",")
     rows = []
     for compose, out in SIZES:

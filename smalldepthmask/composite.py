@@ -141,13 +141,13 @@ def composite_reference(bank: Bank, iparams: torch.Tensor, fparams: torch.Tensor
 BACKENDS = ("auto", "ext", "reference")
 
 
-def extension_status() -> tuple[bool, str]:
-    """(available, reason) for the compiled composite op."""
+def extension_status(device: torch.device | str | None = None) -> tuple[bool, str]:
+    """(available, reason) for the compiled composite op, on `device` when given. Never raises."""
     try:
         from . import _ops
     except ImportError as e:  # the extension module is optional
         return False, f"the compiled extension is not importable ({e})"
-    return _ops.available()
+    return _ops.available() if device is None else _ops.supports_device(torch.device(device))
 
 
 def resolve_backend(name: str, device: torch.device | str = "cpu") -> str:
@@ -156,13 +156,7 @@ def resolve_backend(name: str, device: torch.device | str = "cpu") -> str:
         raise UsageError(f"--composite-backend: unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
     if name == "reference":
         return "reference"
-    ok, reason = extension_status()
-    if ok:
-        try:
-            from . import _ops
-            ok, reason = _ops.supports_device(torch.device(device))
-        except ImportError as e:
-            ok, reason = False, str(e)
+    ok, reason = extension_status(device)
     if name == "ext" and not ok:
         raise UsageError(f"--composite-backend ext: {reason}; build it with `pip install -e . --no-build-isolation`"
                          " or use --composite-backend reference")

@@ -99,3 +99,19 @@ def test_reference_is_device_independent(device):
                               S, O, 0.5, True)
     assert torch.equal(dev.mask.cpu(), cpu.mask)
     assert (dev.image.cpu().int() - cpu.image.int()).abs().max() <= 1
+
+
+def test_missing_extension_falls_back_or_fails_clearly(monkeypatch, capsys, tmp_path):
+    """Without the extension: auto runs the reference; ext exits 2 with the reason."""
+    from smalldepthmask import _ops, gen
+    from smalldepthmask.composite import resolve_backend
+    from smalldepthmask.errors import UsageError, run_cli
+    monkeypatch.setattr(_ops, "supports_device", lambda device: (False, "extension not built (test)"))
+    assert resolve_backend("auto", "cpu") == "reference"
+    with pytest.raises(UsageError, match="extension not built"):
+        resolve_backend("ext", "cpu")
+    rc = run_cli(gen.main, ["--shards", str(tmp_path / "o"), "--composite-backend", "ext", "--depth", "none",
+                            "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--composite-backend ext" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
