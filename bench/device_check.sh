@@ -31,9 +31,13 @@ FAILED=0
 note() { SUMMARY+=("$(printf '%-38s %-6s %s' "$1" "$2" "${3:-}")"); [ "$2" = ok ] || [ "$2" = skip ] || FAILED=1; }
 section() { echo; echo "=== $* ($(date +%H:%M:%S))"; }
 # run_step NAME TIMEOUT CMD...: runs CMD, records ok/FAIL (rc) in the summary, never stops the script
+# The device tool allows 600 s per command: the whole script keeps to BUDGET seconds (steps past it are skipped).
+BUDGET=${BUDGET:-540}
 run_step() {
   local name=$1 limit=$2; shift 2
-  local rc=0
+  local rc=0 left=$(( BUDGET - SECONDS ))
+  if [ "$left" -le 20 ]; then note "$name" skip "out of time budget (${BUDGET}s)"; return 0; fi
+  [ "$limit" -gt "$left" ] && limit=$left
   timeout "$limit" "$@" || rc=$?
   if [ "$rc" -eq 0 ]; then note "$name" ok; else note "$name" FAIL "rc=$rc$([ "$rc" -eq 124 ] && echo ", timed out after ${limit}s")"; fi
   return 0
@@ -47,10 +51,12 @@ $PY -c 'import sys, torch; print("python", sys.version.split()[0], "| torch", to
 
 section "carried wheels"
 shopt -s nullglob
-WHEELS=(shared/wheels/*.whl bench/wheels/*.whl)
+WHEELS=(.whl/*.whl shared/wheels/*.whl bench/wheels/*.whl)  # .whl/: made by bench/fetch_device_wheels.sh
 shopt -u nullglob
 if [ "${#WHEELS[@]}" -gt 0 ]; then
-  run_step "install carried wheels (${#WHEELS[@]})" 600 $PY -m pip install --no-index --no-deps "${WHEELS[@]}"
+  run_step "install carried wheels (${#WHEELS[@]})" 120 $PY -m pip install -q --no-index --no-deps --no-compile \
+    --no-cache-dir --upgrade --target /tmp/site "${WHEELS[@]}"
+  export PYTHONPATH="$PYTHONPATH:/tmp/site"
 else
   echo "none"; note "install carried wheels" skip "no shared/wheels or bench/wheels"
 fi
@@ -58,12 +64,12 @@ fi
 section "build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
 BUILD_LOG="$OUT/device_check-$STAMP-build.log"
 t0=$(date +%s)
-if timeout 900 $PY -m pip install -v --no-build-isolation --no-deps -e . >"$BUILD_LOG" 2>&1; then
+if timeout 300 $PY -m pip install -v --no-build-isolation --no-deps -e . >"$BUILD_LOG" 2>&1; then
   how="pip install -e"
 else
   echo "pip install -e failed (tail of $BUILD_LOG):"; tail -25 "$BUILD_LOG"
   echo "falling back to: setup.py build_ext --inplace"
-  if timeout 900 $PY setup.py build_ext --inplace >>"$BUILD_LOG" 2>&1; then how="setup.py build_ext --inplace"
+  if timeout 240 $PY setup.py build_ext --inplace >>"$BUILD_LOG" 2>&1; then how="setup.py build_ext --inplace"
   else how=""; tail -40 "$BUILD_LOG"; fi
 fi
 grep -E "^smalldepthmask: " "$BUILD_LOG" || true
@@ -79,27 +85,30 @@ section "python -m smalldepthmask.info"
 run_step "smalldepthmask.info" 120 $PY -m smalldepthmask.info
 
 section "GPU tests: pytest -m cuda tests/"
-run_step "pytest -m cuda tests/" 900 $PY -m pytest -q -m cuda tests/ -p no:cacheprovider
+run_step "pytest -m cuda tests/" 150 $PY -m pytest -q -m cuda tests/ -p no:cacheprovider
 
 section "kernel tests, cuda cases: tests/test_kernel.py -k cuda"
-run_step "pytest tests/test_kernel.py -k cuda" 600 $PY -m pytest -q tests/test_kernel.py -k cuda -rs -p no:cacheprovider
+run_step "pytest tests/test_kernel.py -k cuda" 90 $PY -m pytest -q tests/test_kernel.py -k cuda -rs -p no:cacheprovider
 
 section "composite benchmark (cpu and cuda, with the copy-bandwidth comparison)"
 BENCH_JSON="$OUT/composite-cuda-$STAMP.json"
-run_step "bench_composite.py" 900 $PY bench/bench_composite.py --device all --json "$BENCH_JSON"
+run_step "bench_composite.py" 90 $PY bench/bench_composite.py --device all --json "$BENCH_JSON"
 
 if [ -f bench/device_check_depth.py ]; then
   section "depth teacher device check"
-  run_step "device_check_depth.py" 1200 $PY bench/device_check_depth.py --out "$OUT"
+  run_step "device_check_depth.py" 150 $PY bench/device_check_depth.py --out "$OUT/depth-device-$STAMP.json"
 else
   note "device_check_depth.py" skip "not present"
 fi
 if [ -f bench/bench_gen.py ]; then
   section "generator benchmark on cuda"
-  run_step "bench_gen.py --device cuda" 1200 $PY bench/bench_gen.py --device cuda --json "$OUT/gen-cuda-$STAMP.json"
+  run_step "bench_gen.py --device cuda" 90 $PY bench/bench_gen.py --device cuda --n 4000 --naive-n 100 \
+    --repeats 1 --workers 16 --json "$OUT/gen-cuda-$STAMP.json"
 else
   note "bench_gen.py" skip "not present"
 fi
+section "training benchmark on cuda"
+run_step "bench_train.py --device cuda" 90 $PY bench/bench_train.py --device cuda --json "$OUT/train-cuda-$STAMP.json"
 
 section "summary"
 if [ -f "$BENCH_JSON" ]; then
