@@ -13,7 +13,7 @@ import json
 import platform
 import sys
 
-OPTIONAL = ("webdataset", "kornia", "onnxruntime", "tensorrt", "nvidia.dali", "onnx", "h5py", "safetensors",
+OPTIONAL = ("webdataset", "simplejpeg", "kornia", "onnxruntime", "tensorrt", "nvidia.dali", "onnx", "h5py", "safetensors",
             "torchvision")
 
 
