@@ -91,16 +91,16 @@ def load_model(weights: str | Path) -> tuple[DenseDepth, WeightsInfo]:
     return from_state_dict(state), info
 
 
-def missing_weights_error(name: str) -> UsageError:
+def missing_weights_error(name: str, pass_file: str = "--depth-weights nyu.h5", gen: bool = True) -> UsageError:
+    """No weights for `name`: say how to fetch them, how to pass a file, and (for gen) how to go without."""
     entry = REGISTRY[name]
-    return UsageError(
-        f"no {name} weights found (looked for {weights_dir() / entry.filename})",
-        [
-            f"fetch them: smalldepthmask weights fetch {name}  (or --url URL / --file FILE: the published links are reported dead)",
-            "or pass a file: --depth-weights nyu.h5",
-            "or run without depth: --depth none",
-        ],
-    )
+    hints = [
+        f"fetch them: smalldepthmask weights fetch {name}  (or --url URL / --file FILE: the published links are reported dead)",
+        f"or pass a file: {pass_file}",
+    ]
+    if gen:
+        hints.append("or run without depth: --depth none")
+    return UsageError(f"no {name} weights found (looked for {weights_dir() / entry.filename})", hints)
 
 
 def load_teacher(
@@ -123,7 +123,7 @@ def load_teacher(
     registry_name = DEFAULT_WEIGHTS if name == "densedepth" else name
     path = Path(weights).expanduser() if weights is not None else find_cached(registry_name)
     if path is None:
-        raise missing_weights_error(registry_name)
+        raise missing_weights_error(registry_name, "weights=PATH (smalldepthmask depth: --weights nyu.h5)", gen=False)
     model, info = load_model(path)
     built = build_runner(model, runner, device, precision, variant, info.sha256 or None, compile_mode)
     return Teacher(model, built, _convention_for(name, info), info)
