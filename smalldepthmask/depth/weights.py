@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
+from ..cache import cache_dir  # noqa: F401 - re-exported: onnx/tensorrt runners import it from here
 from ..errors import UsageError
 from .conventions import CONVENTIONS
 from .keras_h5 import WeightsFileError, read_keras_h5
 
-CACHE_ENV = "SMALLDEPTHMASK_CACHE"
 CONVERTED_FORMAT = "smalldepthmask-densedepth-v1"
 
 
@@ -71,16 +71,6 @@ class WeightsInfo:
     convention: str  # key of CONVENTIONS
     convention_source: str  # "registry", "sidecar", "metadata", "file name" or "default"
     from_cache: bool = False
-
-
-def cache_dir() -> Path:
-    """The user cache dir (`$SMALLDEPTHMASK_CACHE` overrides the platform's user cache dir)."""
-    override = os.environ.get(CACHE_ENV)
-    if override:
-        return Path(override).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("smalldepthmask"))
 
 
 def weights_dir() -> Path:
