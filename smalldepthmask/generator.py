@@ -20,7 +20,9 @@ from .bank import Bank, build_bank
 from .composite import composite, resolve_backend
 from .config import GenConfig
 from .errors import BadInputError, UsageError
+from .pipeline import pad_rows, upload
 from .plan import SampleParams, permute, sample_params, total_samples
+from .profile import NO_PROFILE, Profile
 
 
 @dataclass
@@ -107,10 +109,15 @@ def resolve_device(name: str | torch.device, flag: str = "--device", allow_auto:
 
 @dataclass
 class Batch:
-    params: SampleParams
+    params: SampleParams  # of the n real samples
     image: torch.Tensor  # [B, O, O, 3] uint8
     mask: torch.Tensor  # [B, O, O] uint8 in {0, 1}
     depth: torch.Tensor | None  # [B, 1, O, O] float32 metres, or None without a teacher
+    n: int = -1  # rows 0..n-1 are the samples asked for; rows n..B-1 pad the batch to its shape (-1: B)
+
+    def __post_init__(self):
+        if self.n < 0:
+            self.n = self.image.shape[0]
 
 
 class Generator:
@@ -137,20 +144,26 @@ class Generator:
                              self.cfg.scale)
 
     @torch.inference_mode()
-    def batch(self, index: np.ndarray) -> Batch:
-        """Make the samples with global indices `index` ([B] int64) on the generator's device."""
+    def batch(self, index: np.ndarray, prof: Profile = NO_PROFILE, pad_to: int | None = None) -> Batch:
+        """Make the samples with global indices `index` ([n] int64) on the generator's device, on the current
+        stream; with `pad_to`, the batch is padded to that many rows (copies of the last sample)."""
         cfg = self.cfg
-        p = self.params(index)
-        ip, fp = p.kernel_args(self.bank.layout)
-        out = composite(self.bank, torch.from_numpy(ip).to(self.device), torch.from_numpy(fp).to(self.device),
-                        cfg.compose_size, cfg.out_size, cfg.mask_threshold, self.teacher is not None, self.backend)
+        with prof.host("plan"):
+            p = self.params(index)
+            ip, fp = pad_rows(*p.kernel_args(self.bank.layout), pad_to)
+        with prof.host("upload"):
+            ipt, fpt = upload(ip, self.device), upload(fp, self.device)
+        with prof.device("composite", self.device):
+            out = composite(self.bank, ipt, fpt, cfg.compose_size, cfg.out_size, cfg.mask_threshold,
+                            self.teacher is not None, self.backend)
         depth = None
         if self.teacher is not None:
-            depth = self.teacher(out.compose)  # [B, 1, S/2, S/2] metres
-            if depth.shape[-1] != cfg.out_size:
-                mode = "area" if depth.shape[-1] > cfg.out_size else "bilinear"
-                depth = F.interpolate(depth, size=(cfg.out_size, cfg.out_size), mode=mode)
-        return Batch(p, out.image, out.mask, depth)
+            with prof.device("teacher", self.device):
+                depth = self.teacher(out.compose)  # [B, 1, S/2, S/2] metres
+                if depth.shape[-1] != cfg.out_size:
+                    mode = "area" if depth.shape[-1] > cfg.out_size else "bilinear"
+                    depth = F.interpolate(depth, size=(cfg.out_size, cfg.out_size), mode=mode)
+        return Batch(p, out.image, out.mask, depth, len(index))
 
     def records(self, p: SampleParams) -> list[dict]:
         """The JSON record of each sample: how it was made."""

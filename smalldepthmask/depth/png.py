@@ -50,8 +50,14 @@ def png16_to_depth(
 def encode_depth_png(
     depth_m,  # [H, W] float32 metres
 ) -> bytes:  # a 16-bit grayscale PNG of millimetres
+    return encode_png16(depth_to_png16(depth_m))
+
+
+def encode_png16(
+    mm: np.ndarray,  # [H, W] uint16 millimetres
+) -> bytes:  # a 16-bit grayscale PNG
     buffer = io.BytesIO()
-    image = Image.fromarray(depth_to_png16(depth_m))  # uint16 -> mode "I;16"
+    image = Image.fromarray(np.ascontiguousarray(mm, dtype=np.uint16))  # uint16 -> mode "I;16"
     assert image.mode == "I;16", image.mode
     image.save(buffer, format="PNG")
     return buffer.getvalue()
