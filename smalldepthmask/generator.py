@@ -19,6 +19,7 @@ from . import sources
 from .bank import Bank, build_bank
 from .composite import composite, resolve_backend
 from .config import GenConfig
+from .devices import resolve_device
 from .errors import BadInputError, UsageError
 from .pipeline import pad_rows, upload
 from .plan import SampleParams, permute, sample_params, total_samples
@@ -87,24 +88,6 @@ def load_inputs(cfg: GenConfig, log=print) -> tuple[Inputs, list[np.ndarray], li
         bg=[InputFile(i, p.name, sources.file_sha256(p), (a.shape[1], a.shape[0])) for i, (p, a) in enumerate(bgs)],
         skipped=[{"file": str(e.path), "reason": e.reason} for e in bad], demo=demo)
     return inputs, [a for _, a in bgs], [a for _, a in fgs]
-
-
-def resolve_device(name: str | torch.device, flag: str = "--device", allow_auto: bool = True) -> torch.device:
-    """A torch.device for `name` ("auto" -> cuda when available, else cpu, where `allow_auto`),
-    refusing unknown devices, CUDA that torch cannot use, and anything but cpu and cuda.
-    `flag` names the option (or argument) in the messages."""
-    if allow_auto and name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        choices = "auto, cpu, cuda or cuda:N" if allow_auto else "cpu, cuda or cuda:N"
-        raise UsageError(f"{flag}: unknown device {name!r} (use {choices})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"{flag} {name}: no usable CUDA device is available here (torch {torch.__version__})")
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"{flag} {name}: only cpu and cuda are supported")
-    return dev
 
 
 @dataclass

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from .errors import BadInputError, UsageError, run_cli
-from .generator import resolve_device
+from .devices import resolve_device
 from .model import BaselineNet, ModelConfig
 from .model import checkpoint
 

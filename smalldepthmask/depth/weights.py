@@ -8,7 +8,6 @@ checkpoint (NYU or KITTI) travels with it: in the registry entry, in the sidecar
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -77,12 +76,11 @@ def weights_dir() -> Path:
     return cache_dir() / "weights"
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a weights file (the package's one file hash, sink.sha256_file)."""
+    from ..sink import sha256_file
+
+    return sha256_file(path)
 
 
 def sidecar_path(path: Path) -> Path:
