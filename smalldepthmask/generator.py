@@ -6,8 +6,10 @@ depth teacher, on the generator's device.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,14 +51,21 @@ class Inputs:
                 "skipped": self.skipped, "demo": self.demo}
 
 
-def _read_all(paths: list[Path], reader) -> tuple[list[tuple[Path, np.ndarray]], list[BadInputError]]:
-    good, bad = [], []
-    for p in paths:
-        try:
-            good.append((p, reader(p)))
-        except BadInputError as e:
-            bad.append(e)
-    return good, bad
+def _read_one(path: Path, reader) -> tuple[Path, np.ndarray, str] | BadInputError:
+    """(path, decoded array, sha256) or the file's BadInputError (run in a pool: Pillow's decoders and
+    hashlib release the GIL)."""
+    try:
+        return path, reader(path), sources.file_sha256(path)
+    except BadInputError as e:
+        return e
+
+
+def _read_all(paths: list[Path], reader) -> tuple[list[tuple[Path, np.ndarray, str]], list[BadInputError]]:
+    """Decode and hash every file on all cores; results keep the (sorted) order of `paths`."""
+    with ThreadPoolExecutor(min(len(paths), os.cpu_count() or 1) or 1, thread_name_prefix="decode") as pool:
+        results = list(pool.map(lambda p: _read_one(p, reader), paths))
+    good = [r for r in results if not isinstance(r, BadInputError)]
+    return good, [r for r in results if isinstance(r, BadInputError)]
 
 
 def load_inputs(cfg: GenConfig, log=print) -> tuple[Inputs, list[np.ndarray], list[np.ndarray]]:
@@ -84,10 +93,10 @@ def load_inputs(cfg: GenConfig, log=print) -> tuple[Inputs, list[np.ndarray], li
     if not bgs:
         raise UsageError(f"--bg {bg_dir}: no usable background image")
     inputs = Inputs(
-        fg=[InputFile(i, p.name, sources.file_sha256(p), (a.shape[1], a.shape[0])) for i, (p, a) in enumerate(fgs)],
-        bg=[InputFile(i, p.name, sources.file_sha256(p), (a.shape[1], a.shape[0])) for i, (p, a) in enumerate(bgs)],
+        fg=[InputFile(i, p.name, sha, (a.shape[1], a.shape[0])) for i, (p, a, sha) in enumerate(fgs)],
+        bg=[InputFile(i, p.name, sha, (a.shape[1], a.shape[0])) for i, (p, a, sha) in enumerate(bgs)],
         skipped=[{"file": str(e.path), "reason": e.reason} for e in bad], demo=demo)
-    return inputs, [a for _, a in bgs], [a for _, a in fgs]
+    return inputs, [a for _, a, _ in bgs], [a for _, a, _ in fgs]
 
 
 @dataclass
