@@ -188,8 +188,10 @@ def run(cfg: config.GenConfig) -> int:
     identity = {"version": __version__, "config": cfg.output_config(), "composite": gen.backend,
                 "inputs": {"fg": [f.record() for f in inputs.fg], "bg": [b.record() for b in inputs.bg]},
                 "teacher": teacher.describe() if teacher is not None else None}
-    if device.type == "cuda" and teacher is not None:
-        identity["gpu"] = deterministic_gpu(device)
+    if teacher is not None:  # a network's last bits may depend on its batch shape: one shape per run
+        identity["teacher_batch"] = cfg.batch_size
+        if device.type == "cuda":
+            identity["gpu"] = deterministic_gpu(device)
     out = Path(cfg.out)
     manifest = sink.prepare_out(out, cfg.layout, identity, cfg.overwrite)
     n_units = math.ceil(gen.total / cfg.shard_size)
