@@ -74,11 +74,13 @@ def resolve_for_gen(
     precision: str,
     device: str,
     demo_inputs: bool,
+    variant: str = "auto",
 ) -> Teacher | None:
     """The teacher for a gen run, or None when depth is off or (demo inputs only) no weights exist.
 
     The caller then calls `teacher.prepare(batch_size, compose_size, compose_size)` before the first
-    batch (it builds or loads a TensorRT engine, times the graph variants on CUDA, ...)."""
+    batch (it builds or loads a TensorRT engine, times the graph variants on CUDA, ...). `variant` pins the
+    graph (e.g. the one a manifest recorded, so a resume on another machine makes the same bytes)."""
     if depth == "none":
         return None
     if depth not in DEPTH_CHOICES:
@@ -90,7 +92,7 @@ def resolve_for_gen(
             print(DEMO_NOTICE, file=sys.stderr)
             return None
         raise missing_weights_error(DEFAULT_WEIGHTS)
-    return load_teacher("densedepth", path, device=device, runner=runner, precision=precision)
+    return load_teacher("densedepth", path, device=device, runner=runner, precision=precision, variant=variant)
 
 
 def weights_main(argv: list[str] | None = None) -> int:

@@ -171,9 +171,11 @@ def load_teacher(
 ) -> Teacher:
     """Load a depth teacher. `name`: densedepth (convention from the file), densedepth-nyu or -kitti.
 
-    `variant`: "fast" (exact FLOP-saving rewrite, default on CPU) or "reference" (default on CUDA);
-    `compile_mode`: torch runner only, passed to torch.compile ("default" on CPU also freezes
-    weights); compiling takes minutes per input size.
+    `variant`: "fast" (exact FLOP-saving rewrite), "reference", "timed" (both timed at `prepare`, the
+    faster kept and remembered per machine) or "auto" (fast on CPU, timed on CUDA); `compile_mode`: torch
+    runner only, passed to torch.compile ("default" on CPU also freezes weights); compiling takes minutes
+    per input size and happens in `prepare`. Call `teacher.prepare(batch_size, height, width)` before the
+    first batch (else the first batch prepares for its own shape).
     """
     if name not in TEACHER_NAMES:
         raise UsageError(f"unknown depth teacher {name!r}; choose from {', '.join(TEACHER_NAMES)}")
