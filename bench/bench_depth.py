@@ -3,8 +3,9 @@
     .venv/bin/python bench/bench_depth.py                 # CPU runners, batches 1 and 4
     .venv/bin/python bench/bench_depth.py --quick         # batch 1 only, fewer repeats
 
-Random weights (timing does not depend on them). Each row: median of --iters timed runs after
---warmup untimed ones; `vs fp32` is the ratio to the torch fp32 eager reference at the same
+Random weights (timing does not depend on them). Each runner is prepared first (ONNX export, TensorRT
+engine, the timed graph choice of variant "auto" on CUDA; `prepare_s`, not in the timings). Each row:
+median of --iters timed runs after --warmup untimed ones; `vs fp32` is the ratio to the torch fp32 eager reference at the same
 batch; `err` is the max error relative to that reference's output scale (same input).
 Writes JSON to bench/results/depth-<date>-<host>.json (or --json).
 """
@@ -68,8 +69,8 @@ def configs(args: argparse.Namespace) -> list[tuple[str, str, str, str, str | No
         rows += [("torch", "cpu", "bf16", "fast", "default")]
     rows += [("onnxruntime", "cpu", "fp32", "reference", None), ("onnxruntime", "cpu", "fp32", "fast", None)]
     if torch.cuda.is_available() and not args.cpu_only:
-        rows += [("torch", "cuda", p, v, None) for p in ("fp16", "bf16") for v in ("reference", "fast")]
-        rows += [("tensorrt", "cuda", "fp16", "reference", None)]
+        rows += [("torch", "cuda", p, v, None) for p in ("fp16", "bf16") for v in ("reference", "fast", "auto")]
+        rows += [("tensorrt", "cuda", p, "auto", None) for p in ("fp16", "bf16")]
     return [r for r in rows if args.runners is None or r[0] in args.runners]
 
 
@@ -96,6 +97,11 @@ def bench_config(model, config, batches, size, args, baseline: dict) -> list[dic
     except UsageError as e:
         print(f"  skip {runner}/{device}/{precision}/{variant}: {e.message}", flush=True)
         return []
+    run.log = lambda msg: None
+    start = time.perf_counter()
+    run.prepare(max(batches), size, size)  # export / engine / graph choice before the timed calls
+    prepare_s = time.perf_counter() - start
+    variant = run.variant  # "auto" on CUDA resolves to the timed choice
     rows = []
     for batch in batches:
         x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(batch)).to(device)
@@ -111,6 +117,7 @@ def bench_config(model, config, batches, size, args, baseline: dict) -> list[dic
             "img_per_s": round(ips, 3),
             "best_img_per_s": round(batch / min(times), 3),
             "times_s": [round(t, 4) for t in times],
+            "prepare_s": round(prepare_s, 2),
         }
         if ref is None:
             baseline[batch] = {"ips": ips, "out": out.float().cpu()}

@@ -194,4 +194,6 @@ def build_generator(cfg: GenConfig, device: str = "auto", log=None) -> Generator
     if teacher is not None and cfg.compose_size % teacher.size_multiple:
         raise UsageError(f"--compose-size {cfg.compose_size}: the depth teacher needs a multiple of "
                          f"{teacher.size_multiple} (or use --depth none)")
+    if teacher is not None and hasattr(teacher, "prepare"):  # engines built / graphs chosen before batch one
+        teacher.prepare(cfg.batch_size, cfg.compose_size, cfg.compose_size, log)
     return Generator(cfg, inputs, bgs, fgs, dev, teacher)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .png import decode_depth_png, depth_to_png16, encode_depth_png, png16_to_depth, preview_image
-from .runners import PRECISIONS, RUNNERS
+from .runners import PRECISIONS, RUNNERS, check_runner
 from .teacher import Teacher, load_teacher, missing_weights_error, teacher_from_model
 from .weights import DEFAULT_WEIGHTS, cache_dir, resolve_weights_path
 
@@ -23,6 +23,7 @@ __all__ = [
     "Teacher",
     "add_gen_arguments",
     "cache_dir",
+    "check_runner",
     "decode_depth_png",
     "depth_main",
     "depth_to_png16",
@@ -61,7 +62,8 @@ def add_gen_arguments(parser: argparse.ArgumentParser) -> None:
         "--depth-precision",
         choices=PRECISIONS,
         default="auto",
-        help="auto: bf16 on CPUs with native bf16, fp16 on CUDA",
+        help="auto: fp16 on CUDA (fp32 with onnxruntime), bf16 on CPUs with native bf16, else fp32; "
+        "bf16 runs with torch and tensorrt, not onnxruntime",
     )
 
 
@@ -72,19 +74,25 @@ def resolve_for_gen(
     precision: str,
     device: str,
     demo_inputs: bool,
+    variant: str = "auto",
 ) -> Teacher | None:
-    """The teacher for a gen run, or None when depth is off or (demo inputs only) no weights exist."""
+    """The teacher for a gen run, or None when depth is off or (demo inputs only) no weights exist.
+
+    The caller then calls `teacher.prepare(batch_size, compose_size, compose_size)` before the first
+    batch (it builds or loads a TensorRT engine, times the graph variants on CUDA, ...). `variant` pins the
+    graph (e.g. the one a manifest recorded, so a resume on another machine makes the same bytes)."""
     if depth == "none":
         return None
     if depth not in DEPTH_CHOICES:
         raise UsageError(f"unknown --depth {depth!r}; choose from {', '.join(DEPTH_CHOICES)}")
+    check_runner(runner, device, precision)  # a runner/precision/device that cannot run stops here, first
     path: Path | None = resolve_weights_path(weights)
     if path is None:
         if demo_inputs:
             print(DEMO_NOTICE, file=sys.stderr)
             return None
         raise missing_weights_error(DEFAULT_WEIGHTS)
-    return load_teacher("densedepth", path, device=device, runner=runner, precision=precision)
+    return load_teacher("densedepth", path, device=device, runner=runner, precision=precision, variant=variant)
 
 
 def weights_main(argv: list[str] | None = None) -> int:

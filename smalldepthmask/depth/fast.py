@@ -14,7 +14,10 @@ Every change is an exact identity in real arithmetic (only the rounding order ch
 * the decoder's `conv2` (1x1) and up1's low-resolution taps are two linear maps in a row and are
   multiplied into one.
 
-Convolutions then cost 98.4 instead of 160.3 GFLOP per 448x448 image.
+Convolutions then cost 98.4 instead of 160.3 GFLOP per 448x448 image. It is the default on the CPU; on
+CUDA fewer FLOPs need not mean less time (more, smaller kernels: the tap convs, interpolations and shifted
+adds), so there the runners time both graphs at the batch shape and keep the faster (runners.py). Nothing in
+it is CPU-only: in-place shifted adds become out-of-place while tracing or compiling (CUDA graphs included).
 """
 
 from __future__ import annotations

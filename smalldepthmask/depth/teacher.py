@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,7 +39,7 @@ class Teacher:
         self.runner = runner
         self.convention = convention
         self.weights = weights
-        self._overflow_checks_left = 3  # fp16: look for inf/nan on the first batches only (a check syncs the GPU)
+        self._overflow = OverflowWatch() if runner.precision == "fp16" else None
 
     @property
     def max_depth(self) -> float:
@@ -58,11 +61,22 @@ class Teacher:
             raise ValueError(f"expected [B, 3, H, W] RGB, got {tuple(x.shape)}")
         check_input_size(x.shape[-2], x.shape[-1])
         raw = self.runner(x)
-        if self.runner.precision == "fp16" and self._overflow_checks_left > 0:
-            self._overflow_checks_left -= 1
-            if not torch.isfinite(raw).all():
-                raise UsageError("the depth network overflowed in fp16; use --depth-precision bf16 or fp32")
+        if self._overflow is not None:
+            self._overflow.watch(raw)
         return self.convention.to_metres(raw)
+
+    def prepare(
+        self, batch_size: int, height: int, width: int, log: Callable[[str], None] | None = None
+    ) -> dict:
+        """Build (or load) what the runner needs for batches of `batch_size` [B, 3, height, width] images
+        before the first batch, and say so in one line with the time it took. Returns the runner's facts."""
+        log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.runner.log = log
+        start = time.perf_counter()
+        info = self.runner.prepare(batch_size, height, width)
+        info["seconds"] = time.perf_counter() - start
+        log(ready_message(self.runner.describe(), batch_size, height, width, info))
+        return info
 
     def describe(self) -> dict:
         """JSON-able record for manifests: teacher, weights, runner, precision, units and range."""
@@ -77,6 +91,49 @@ class Teacher:
         }
         info.update(self.runner.describe())
         return info
+
+
+class OverflowWatch:
+    """fp16 outputs checked for inf/nan on every batch without a host sync.
+
+    On CUDA the flag of each batch is copied to pinned memory behind a CUDA event and read once the event
+    has passed (a later call), so an overflow stops the run a batch or two after it happened; on the CPU
+    it is read at once."""
+
+    def __init__(self):
+        self.pending: list[tuple[torch.Tensor, torch.cuda.Event]] = []
+
+    def watch(self, raw: torch.Tensor) -> None:  # [B, 1, h, w] float32 raw network output
+        bad = ~torch.isfinite(raw).all()
+        if not raw.is_cuda:
+            self._raise_if(bool(bad))
+            return
+        host = torch.empty((), dtype=torch.bool, pin_memory=True)
+        host.copy_(bad, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.pending.append((host, event))
+        while self.pending and self.pending[0][1].query():
+            self._raise_if(bool(self.pending.pop(0)[0]))
+
+    @staticmethod
+    def _raise_if(overflowed: bool) -> None:
+        if overflowed:
+            raise UsageError("the depth network overflowed in fp16; use --depth-precision bf16 or fp32")
+
+
+def ready_message(described: dict, batch_size: int, height: int, width: int, info: dict) -> str:
+    """One line: runner, precision, graph, shape, how long prepare took and what it did."""
+    parts = [f"{described['runner']} {described['precision']} on {described['device']}",
+             f"{described['variant']} graph", f"{height}x{width}", f"batch {batch_size}"]
+    timing = info.get("variant_timing")
+    if timing:
+        ms = ", ".join(f"{v} {s * 1000:.1f} ms" for v, s in timing["seconds_per_batch"].items())
+        parts.append(f"graph chosen by timing ({ms} per batch{'; remembered' if timing['cached'] else ''})")
+    if info.get("engine"):
+        built = info.get("engine_build_s")
+        parts.append(f"engine built in {built:.1f} s" if built is not None else "engine loaded from the cache")
+    return f"smalldepthmask: depth teacher ready in {info['seconds']:.1f} s: " + ", ".join(parts)
 
 
 def _convention_for(name: str, info: WeightsInfo) -> DepthConvention:
@@ -114,9 +171,11 @@ def load_teacher(
 ) -> Teacher:
     """Load a depth teacher. `name`: densedepth (convention from the file), densedepth-nyu or -kitti.
 
-    `variant`: "fast" (exact FLOP-saving rewrite, default on CPU) or "reference" (default on CUDA);
-    `compile_mode`: torch runner only, passed to torch.compile ("default" on CPU also freezes
-    weights); compiling takes minutes per input size.
+    `variant`: "fast" (exact FLOP-saving rewrite), "reference", "timed" (both timed at `prepare`, the
+    faster kept and remembered per machine) or "auto" (fast on CPU, timed on CUDA); `compile_mode`: torch
+    runner only, passed to torch.compile ("default" on CPU also freezes weights); compiling takes minutes
+    per input size and happens in `prepare`. Call `teacher.prepare(batch_size, height, width)` before the
+    first batch (else the first batch prepares for its own shape).
     """
     if name not in TEACHER_NAMES:
         raise UsageError(f"unknown depth teacher {name!r}; choose from {', '.join(TEACHER_NAMES)}")
