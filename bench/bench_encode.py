@@ -15,12 +15,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import os
+import re
 import statistics
 import sys
 import tarfile
 import tempfile
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import cv2
@@ -34,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, print_machine, print_table, save_json  # noqa: E402
 
 from smalldepthmask import codec, gen  # noqa: E402
+from smalldepthmask.depth.png import depth_to_png16  # noqa: E402
 from smalldepthmask.encode import encode_json, encode_samples, sample_key  # noqa: E402
 from smalldepthmask.sink import ShardWriter  # noqa: E402
 
@@ -178,9 +182,40 @@ def candidate_rows(kind: str, cands: dict, inputs: list, repeats: int) -> list[d
     return rows
 
 
+def gil_free_share(fn, inputs: list, seconds: float = 0.25) -> float:
+    """CPU a pure-Python spinner thread gets while `fn` runs in a loop on another thread, over the encoder's CPU.
+
+    With a 0.1 ms switch interval, ~1 means the encoder's C work runs without the GIL (both threads progress), ~0
+    that it holds the GIL (the spinner waits). Machine load slows both threads alike, so this is steadier than
+    the wall-clock speedup on a shared machine."""
+    done, enc_cpu = threading.Event(), []
+
+    def encoder():
+        t0 = time.thread_time()
+        while not done.is_set():
+            for x in inputs:
+                fn(x)
+        enc_cpu.append(time.thread_time() - t0)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    try:
+        t = threading.Thread(target=encoder)
+        t.start()
+        t0, end, n = time.thread_time(), time.perf_counter() + seconds, 0
+        while time.perf_counter() < end:
+            n += 1
+        spin = time.thread_time() - t0
+        done.set()
+        t.join()
+    finally:
+        sys.setswitchinterval(old)
+    return spin / max(enc_cpu[0], 1e-9)
+
+
 def _scaling(fn, inputs: list, repeats: int) -> dict:
     speedup, cores = two_thread_speedup(fn, inputs, max(1, repeats // 2))
-    return {"2T speedup": speedup, "2T cores used": cores}
+    return {"2T speedup": speedup, "2T cores used": cores, "GIL-free share": gil_free_share(fn, inputs)}
 
 
 def hash_rows(shard: bytes, per_triplet: int, repeats: int) -> list[dict]:
@@ -206,6 +241,15 @@ def hash_rows(shard: bytes, per_triplet: int, repeats: int) -> list[dict]:
                      "KB": None, "lossless": None, "deterministic": None,
                      **_scaling(fn, [0], repeats)})
     return rows
+
+
+def calibration_rows(repeats: int) -> list[dict]:
+    """Known references for the GIL columns: a regex backtrack holds the GIL, zlib.compress of 256 KB releases it."""
+    data = np.random.default_rng(0).integers(0, 16, 1 << 18, dtype=np.uint8).tobytes()
+    cands = {"re backtracking (holds the GIL)": lambda _: re.match(r"(a+)+b", "a" * 16),
+             "zlib.compress 256 KB (releases the GIL)": lambda _: zlib.compress(data, 1)}
+    return [{"part": "calib", "candidate": k, "core-ms": core_ms(fn, [0], repeats), **_scaling(fn, [0], repeats)}
+            for k, fn in cands.items()]
 
 
 def _records(n: int) -> list[dict]:
@@ -235,7 +279,7 @@ def tar_rows(samples: list[dict], repeats: int) -> list[dict]:
 
     def plain(wrap):
         def once(_):
-            with open(tmp / "t.tar", "wb") as f:
+            with open(tempfile.mkstemp(dir=tmp)[1], "wb") as f:
                 tw = wds.TarWriter(wrap(f), encoder=False, mtime=0)
                 for s in samples:
                     tw.write(s)
@@ -243,7 +287,7 @@ def tar_rows(samples: list[dict], repeats: int) -> list[dict]:
         return once
 
     def shard_writer(_):
-        w = ShardWriter(tmp, 0)
+        w = ShardWriter(Path(tempfile.mkdtemp(dir=tmp)), 0)
         for s in samples:
             w.add(s)
         return w.commit()
@@ -286,6 +330,10 @@ def pipeline(images, masks, depths, quality: int, repeats: int) -> dict:
     speedup, cores = two_thread_speedup(triplet, list(range(n)), max(1, repeats // 2))
     out["encode: 2-thread speedup (wall 1T / wall 2T)"] = speedup
     out["encode: cores used by 2 threads"] = cores
+    out["encode: GIL-free share"] = gil_free_share(triplet, list(range(n)))
+    metres = [d.astype(np.float32) / 1000 for d in depths]
+    out["(CPU path only, not in total) depth_to_png16: float32 m -> uint16 mm"] = \
+        core_ms(depth_to_png16, metres, repeats)
     return out
 
 
@@ -298,11 +346,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     m = machine()
     m.update(opencv=cv2.__version__, pillow=Image.__version__, simplejpeg=simplejpeg.__version__)
+    m["loadavg_1min"] = os.getloadavg()[0]
     print_machine(m)
     images, masks = real_images_masks(args.n)
     depths = teacher_like_depth(args.n)
     rows = candidate_rows("mask", mask_candidates(), masks, args.repeats)
     rows += candidate_rows("depth", depth_candidates(), depths, args.repeats)
+    jpeg = lambda im: simplejpeg.encode_jpeg(im, quality=args.quality, colorspace="RGB", colorsubsampling="444")  # noqa: E731
+    rows.append({"part": "jpeg", "candidate": f"simplejpeg q{args.quality} 4:4:4", "core-ms": core_ms(jpeg, images, args.repeats),
+                 "KB": statistics.mean(len(jpeg(x)) for x in images) / 1024, **_scaling(jpeg, images, args.repeats)})
     buf = io.BytesIO()
     tw = wds.TarWriter(buf, encoder=False, mtime=0)
     for i in range(args.n):
@@ -311,8 +363,9 @@ def main(argv=None) -> int:
     tw.close()
     rows += hash_rows(buf.getvalue(), args.n, args.repeats)
     rows += tar_rows(_samples(images, masks, depths, args.quality), args.repeats)
+    rows += calibration_rows(args.repeats)
     print_table(rows, ["part", "candidate", "core-ms", "KB", "lossless", "deterministic", "2T speedup",
-                       "2T cores used"])
+                       "2T cores used", "GIL-free share"])
     pipe = pipeline(images, masks, depths, args.quality, args.repeats)
     print(f"\nchosen pipeline, per triplet at {SIZE}x{SIZE} (core-ms = thread CPU time, median of {args.repeats}):")
     print_table([{"part": k, "core-ms": v} for k, v in pipe.items()], ["part", "core-ms"])
