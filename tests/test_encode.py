@@ -100,3 +100,19 @@ def test_encode_samples_uses_the_codecs():
         assert np.array_equal(codec.decode_mask_png(s["mask.png"]), m == 1)
         assert np.array_equal(codec.decode_depth_png_mm(s["depth.png"]), _depth(0, 32))
         assert s["jpg"][:2] == b"\xff\xd8"
+
+
+def test_shard_writer_hash_is_the_files_sha256(tmp_path):
+    import hashlib
+    import tarfile
+
+    from smalldepthmask.sink import ShardWriter
+
+    w = ShardWriter(tmp_path, 3)
+    mask = codec.encode_mask_png(_mask(0, 16))
+    w.add({"__key__": "0000000000", "mask.png": mask, "json": b"{}"})
+    info = w.commit()
+    path = tmp_path / "shard-000003.tar"
+    assert info == {"count": 1, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    with tarfile.open(path) as tar:
+        assert tar.extractfile("0000000000.mask.png").read() == mask
