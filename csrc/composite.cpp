@@ -15,7 +15,8 @@
 #include <c10/util/Exception.h>
 
 // Several instruction-set clones of the hot loop, picked at load time (the wheel runs on any x86-64).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(SMALLDEPTHMASK_NO_CLONES)
+// target_clones with "arch=x86-64-v4" needs GCC >= 11; older compilers build the baseline loop only.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && !defined(SMALLDEPTHMASK_NO_CLONES)
 #define SDM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define SDM_CLONES

@@ -1,30 +1,125 @@
 """The compiled composite op (csrc/), as `torch.ops.smalldepthmask.composite`, and a thin wrapper.
 
-Importing this module never fails: when the extension is not built (or does not load), `available()` says
-why and `composite()` raises RuntimeError. The math is the one in composite.py's docstring.
+Importing this module never fails and compiles nothing. The library is loaded on first use (`load()`, which
+`available()` and every op wrapper call): an in-tree ahead-of-time build (`smalldepthmask/_C*.so`, from
+`SMALLDEPTHMASK_BUILD_EXT=1 pip install ...`) wins; otherwise _build.py compiles the kernels once into the
+user cache (CUDA + C++ where it can, else C++ only) and loads that. When nothing loads, `available()` says
+why and the wrappers raise RuntimeError; with SMALLDEPTHMASK_REQUIRE_EXT=1 every fallback (no library, or a
+CUDA build of torch without the CUDA kernels) raises instead. SMALLDEPTHMASK_NO_EXT=1 loads nothing.
+The math is the one in composite.py's docstring.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
+import threading
 
 import torch
 
-_C = None
-_LOAD_ERROR: str | None = None
-try:
-    from . import _C  # noqa: F811 - loading the library registers torch.ops.smalldepthmask.*
-except ImportError as e:
-    _C = None
-    if "cannot import name '_C'" in str(e):  # no smalldepthmask/_C*.so
-        _LOAD_ERROR = "the compiled extension smalldepthmask._C is not built"
-    else:  # e.g. undefined symbols: built against another torch
-        _LOAD_ERROR = f"the compiled extension smalldepthmask._C does not load ({type(e).__name__}: {e})"
-except Exception as e:  # noqa: BLE001 - OSError and anything else a broken build may raise
-    _C = None
-    _LOAD_ERROR = f"the compiled extension smalldepthmask._C does not load ({type(e).__name__}: {e})"
+from ._toolchain import flag
+from .errors import UsageError
 
 OP_NAME = "smalldepthmask::composite"
+_C = None  # the loaded library's module (WITH_CUDA, BUILD_FLAGS), once load() ran
+_STATUS: dict | None = None  # what load() found: {"source", "path", "variant", "error", "not_built", ...}
+_LOCK = threading.Lock()
+
+
+class ExtensionRequiredError(UsageError):
+    """SMALLDEPTHMASK_REQUIRE_EXT=1 and the kernels did not (all) build (one line, exit 2 from the CLIs)."""
+
+
+def _say(msg: str) -> None:
+    print(f"smalldepthmask: {msg}", file=sys.stderr, flush=True)
+
+
+def _import_library(path) -> object:
+    """Import a built `_C` library file as a module (its import registers torch.ops.smalldepthmask.*)."""
+    spec = importlib.util.spec_from_file_location("smalldepthmask._C", str(path))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _load_in_tree() -> tuple[object | None, str | None]:
+    """(module, None) for an in-tree ahead-of-time build, (None, None) when there is none, (None, why)."""
+    try:
+        from . import _C as mod  # noqa: F811
+    except ImportError as e:
+        if "cannot import name '_C'" in str(e):  # no smalldepthmask/_C*.so
+            return None, None
+        return None, f"the in-tree build smalldepthmask/_C does not load ({type(e).__name__}: {e})"
+    except Exception as e:  # noqa: BLE001 - OSError and anything else a broken build may raise
+        return None, f"the in-tree build smalldepthmask/_C does not load ({type(e).__name__}: {e})"
+    return mod, None
+
+
+def _find() -> dict:
+    """Load the best library there is; returns the status dict. Never raises."""
+    global _C
+    if flag("SMALLDEPTHMASK_NO_EXT"):
+        return {"source": None, "error": "SMALLDEPTHMASK_NO_EXT is set: the compiled kernels are not used",
+                "not_built": []}
+    mod, why = _load_in_tree()
+    if mod is not None:
+        _C = mod
+        return {"source": "in-tree build", "path": getattr(mod, "__file__", None), "not_built": []}
+    from . import _build
+
+    status = {"cache_dir": str(_build.ext_cache_root()), "not_built": [why] if why else []}
+    built = _build.ensure()
+    status["not_built"] += built.not_built
+    if built.path is None:
+        status.update(source=None, error="the compiled kernels are not available: " + "; ".join(status["not_built"]))
+        return status
+    try:
+        _C = _import_library(built.path)
+    except Exception as e:  # noqa: BLE001
+        status.update(source=None, error=f"the compiled kernels in {built.path} do not load ({type(e).__name__}: {e})")
+        return status
+    status.update(source="user cache" if built.how == "cache" else "compiled now (user cache)", path=str(built.path),
+                  variant=built.variant)
+    return status
+
+
+def _warn(status: dict) -> None:
+    """One line per fallback; an error instead under SMALLDEPTHMASK_REQUIRE_EXT=1."""
+    if status.get("error") and "SMALLDEPTHMASK_NO_EXT" in status["error"]:
+        return
+    lines = []
+    if status.get("error"):
+        lines.append(f"warning: {status['error']}; using the plain-torch reference composite (slow)")
+    elif status.get("not_built"):
+        lines.append("warning: built without " + "; ".join(status["not_built"]))
+    if not lines:
+        return
+    if flag("SMALLDEPTHMASK_REQUIRE_EXT"):
+        raise ExtensionRequiredError("SMALLDEPTHMASK_REQUIRE_EXT=1: " + lines[0].removeprefix("warning: "))
+    for line in lines:
+        _say(line)
+
+
+def load() -> dict:
+    """Load (building it once if needed) the compiled library; returns what was found (see info).
+
+    Raises ExtensionRequiredError only under SMALLDEPTHMASK_REQUIRE_EXT=1."""
+    global _STATUS
+    with _LOCK:
+        if _STATUS is None:
+            _STATUS = _find()
+            if _C is not None:
+                _register_fakes()
+            _warn(_STATUS)
+        elif flag("SMALLDEPTHMASK_REQUIRE_EXT"):
+            _warn(_STATUS)
+    return _STATUS
+
+
+def load_status() -> dict:
+    """What load() found, loading first if it has not run."""
+    return dict(load())
 
 
 def _has_kernel(key: str) -> bool:
@@ -36,18 +131,21 @@ def _has_kernel(key: str) -> bool:
 
 def built() -> bool:
     """Whether the compiled extension loaded."""
+    load()
     return _C is not None
 
 
 def kernels() -> list[str]:
     """The devices the op has kernels for, e.g. ['cpu', 'cuda']; [] when not built."""
+    load()
     if _C is None:
         return []
     return [name for name, key in (("cpu", "CPU"), ("cuda", "CUDA")) if _has_kernel(key)]
 
 
 def build_flags() -> dict:
-    """The build facts setup.py compiled in (torch version, CUDA, arch list, compiler flags); {} when not built."""
+    """The build facts compiled in (torch version, CUDA, arch list, compiler flags); {} when not built."""
+    load()
     if _C is None:
         return {}
     try:
@@ -57,14 +155,19 @@ def build_flags() -> dict:
 
 
 def available() -> tuple[bool, str]:
-    """(True, "cpu+cuda kernels") / (True, "cpu kernels"), or (False, reason). Never raises."""
+    """(True, "cpu+cuda kernels") / (True, "cpu kernels"), or (False, reason).
+
+    Never raises, except ExtensionRequiredError under SMALLDEPTHMASK_REQUIRE_EXT=1."""
     try:
+        status = load()
         if _C is None:
-            return False, str(_LOAD_ERROR)
+            return False, str(status.get("error"))
         ks = kernels()
         if not ks:
             return False, "the compiled extension loaded but registered no composite kernel"
         return True, "+".join(ks) + " kernels"
+    except ExtensionRequiredError:
+        raise
     except Exception as e:  # noqa: BLE001
         return False, f"the compiled extension is unusable ({type(e).__name__}: {e})"
 
@@ -91,7 +194,7 @@ def composite(bg_flat: torch.Tensor, bg_table: torch.Tensor, fg_flat: torch.Tens
               want_compose: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One fused composite pass over a batch. Returns (image [B, O, O, 3] uint8, mask [B, O, O] uint8 in {0, 1},
     compose [B, 3, S, S] float32 in [0, 1], or an empty [0, 3, S, S] when want_compose is False)."""
-    if _C is None:
+    if _C is None and not available()[0]:
         raise RuntimeError(available()[1])
     return torch.ops.smalldepthmask.composite(bg_flat, bg_table, fg_flat, fg_table, iparams, fparams,
                                               int(compose), int(out), int(mask_count), bool(want_compose))
@@ -100,12 +203,13 @@ def composite(bg_flat: torch.Tensor, bg_table: torch.Tensor, fg_flat: torch.Tens
 def axis_taps(pos0: torch.Tensor, ratio: torch.Tensor, size: torch.Tensor, flip: torch.Tensor,
               n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The compiled tap math (test hook): same arguments and results as composite.axis_taps."""
-    if _C is None:
+    if _C is None and not available()[0]:
         raise RuntimeError(available()[1])
     return torch.ops.smalldepthmask.axis_taps(pos0, ratio, size, flip, int(n))
 
 
-if _C is not None:
+def _register_fakes() -> None:
+    """Fake (meta) kernels for torch.compile / opcheck, registered once the library is loaded."""
     @torch.library.register_fake("smalldepthmask::axis_taps")
     def _axis_taps_fake(pos0, ratio, size, flip, n):
         B = pos0.shape[0]

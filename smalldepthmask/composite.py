@@ -158,8 +158,8 @@ def resolve_backend(name: str, device: torch.device | str = "cpu") -> str:
         return "reference"
     ok, reason = extension_status(device)
     if name == "ext" and not ok:
-        raise UsageError(f"--composite-backend ext: {reason}; build it with `pip install -e . --no-build-isolation`"
-                         " or use --composite-backend reference")
+        raise UsageError(f"--composite-backend ext: {reason} (`python -m smalldepthmask info` says more), "
+                         "or use --composite-backend reference")
     return "ext" if ok else "reference"
 
 

@@ -35,6 +35,7 @@ class GenConfig:
     skip_bad: bool = False
     overwrite: bool = False
     quiet: bool = False
+    profile: bool = False
     depth: str = "densedepth"
     depth_weights: str | None = None
     depth_runner: str = "auto"
@@ -74,6 +75,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip unusable inputs instead of stopping")
     p.add_argument("--overwrite", action="store_true", help="replace a different run found in OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--profile", action="store_true",
+                   help="print time and share per stage at the end (and write OUT/profile.json)")
 
 
 def _check(cond: bool, flag: str, msg: str) -> None:
@@ -102,7 +105,7 @@ def from_args(a: argparse.Namespace) -> GenConfig:
         seed=a.seed, limit=a.limit, scale=(lo, hi), compose_size=a.compose_size, out_size=a.out_size,
         mask_threshold=a.mask_threshold, shard_size=a.shard_size, jpeg_quality=a.jpeg_quality,
         batch_size=a.batch_size, workers=a.workers, device=a.device, composite_backend=a.composite_backend,
-        skip_bad=a.skip_bad, overwrite=a.overwrite, quiet=a.quiet,
+        skip_bad=a.skip_bad, overwrite=a.overwrite, quiet=a.quiet, profile=getattr(a, "profile", False),
         depth=getattr(a, "depth", "none"), depth_weights=getattr(a, "depth_weights", None),
         depth_runner=getattr(a, "depth_runner", "auto"), depth_precision=getattr(a, "depth_precision", "auto"),
     )

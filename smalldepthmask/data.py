@@ -22,7 +22,6 @@ cap their steps per epoch).
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +35,9 @@ from .codec import decode_depth_png_mm
 from .codec import decode_mask_png as _decode_mask_png
 from .errors import UsageError
 from .plan import decompose, hash64, permute, uniform
+from .sink import FORMAT, MANIFEST  # noqa: F401 - FORMAT: the shard format this reader understands
+from .sink import read_manifest as sink_read_manifest
 
-FORMAT = "smalldepthmask/v1"  # the shard format this reader understands (sink.FORMAT)
-MANIFEST = "manifest.json"
 REQUIRED = ("jpg", "mask.png", "json")
 DEPTH_UNITS = {"millimetres": 0.001}  # manifest depth_units prefix -> metres per stored unit
 _MIX_STREAM = 0x44415441  # "DATA"
@@ -145,20 +144,11 @@ def expand_shards(specs: list[str] | str) -> list[Path]:
 
 
 def read_manifest(root: Path) -> dict:
-    path = root / MANIFEST
-    if not path.is_file():
-        raise UsageError(f"{root}: no {MANIFEST} next to the shards (were they made by smalldepthmask gen?)")
-    try:
-        m = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path}: unreadable manifest ({e})") from None
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        got = m.get("format") if isinstance(m, dict) else None
-        raise UsageError(f"{path}: incompatible shard format {got!r} (this version of smalldepthmask reads {FORMAT}); "
-                         f"make the shards again with this version")
+    """sink.read_manifest, and the shards must hold the components training needs."""
+    m = sink_read_manifest(root)
     missing = [c for c in REQUIRED if c not in m.get("components", [])]
     if missing:
-        raise UsageError(f"{path}: the shards lack required component(s) {', '.join(missing)}")
+        raise UsageError(f"{Path(root) / MANIFEST}: the shards lack required component(s) {', '.join(missing)}")
     return m
 
 

@@ -6,8 +6,10 @@ depth teacher, on the generator's device.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +21,11 @@ from . import sources
 from .bank import Bank, build_bank
 from .composite import composite, resolve_backend
 from .config import GenConfig
+from .devices import resolve_device
 from .errors import BadInputError, UsageError
+from .pipeline import pad_rows, upload
 from .plan import SampleParams, permute, sample_params, total_samples
+from .profile import NO_PROFILE, Profile
 
 
 @dataclass
@@ -46,14 +51,21 @@ class Inputs:
                 "skipped": self.skipped, "demo": self.demo}
 
 
-def _read_all(paths: list[Path], reader) -> tuple[list[tuple[Path, np.ndarray]], list[BadInputError]]:
-    good, bad = [], []
-    for p in paths:
-        try:
-            good.append((p, reader(p)))
-        except BadInputError as e:
-            bad.append(e)
-    return good, bad
+def _read_one(path: Path, reader) -> tuple[Path, np.ndarray, str] | BadInputError:
+    """(path, decoded array, sha256) or the file's BadInputError (run in a pool: Pillow's decoders and
+    hashlib release the GIL)."""
+    try:
+        return path, reader(path), sources.file_sha256(path)
+    except BadInputError as e:
+        return e
+
+
+def _read_all(paths: list[Path], reader) -> tuple[list[tuple[Path, np.ndarray, str]], list[BadInputError]]:
+    """Decode and hash every file on all cores; results keep the (sorted) order of `paths`."""
+    with ThreadPoolExecutor(min(len(paths), os.cpu_count() or 1) or 1, thread_name_prefix="decode") as pool:
+        results = list(pool.map(lambda p: _read_one(p, reader), paths))
+    good = [r for r in results if not isinstance(r, BadInputError)]
+    return good, [r for r in results if isinstance(r, BadInputError)]
 
 
 def load_inputs(cfg: GenConfig, log=print) -> tuple[Inputs, list[np.ndarray], list[np.ndarray]]:
@@ -81,36 +93,23 @@ def load_inputs(cfg: GenConfig, log=print) -> tuple[Inputs, list[np.ndarray], li
     if not bgs:
         raise UsageError(f"--bg {bg_dir}: no usable background image")
     inputs = Inputs(
-        fg=[InputFile(i, p.name, sources.file_sha256(p), (a.shape[1], a.shape[0])) for i, (p, a) in enumerate(fgs)],
-        bg=[InputFile(i, p.name, sources.file_sha256(p), (a.shape[1], a.shape[0])) for i, (p, a) in enumerate(bgs)],
+        fg=[InputFile(i, p.name, sha, (a.shape[1], a.shape[0])) for i, (p, a, sha) in enumerate(fgs)],
+        bg=[InputFile(i, p.name, sha, (a.shape[1], a.shape[0])) for i, (p, a, sha) in enumerate(bgs)],
         skipped=[{"file": str(e.path), "reason": e.reason} for e in bad], demo=demo)
-    return inputs, [a for _, a in bgs], [a for _, a in fgs]
-
-
-def resolve_device(name: str | torch.device, flag: str = "--device", allow_auto: bool = True) -> torch.device:
-    """A torch.device for `name` ("auto" -> cuda when available, else cpu, where `allow_auto`),
-    refusing unknown devices, CUDA that torch cannot use, and anything but cpu and cuda.
-    `flag` names the option (or argument) in the messages."""
-    if allow_auto and name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        choices = "auto, cpu, cuda or cuda:N" if allow_auto else "cpu, cuda or cuda:N"
-        raise UsageError(f"{flag}: unknown device {name!r} (use {choices})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"{flag} {name}: no usable CUDA device is available here (torch {torch.__version__})")
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"{flag} {name}: only cpu and cuda are supported")
-    return dev
+    return inputs, [a for _, a, _ in bgs], [a for _, a, _ in fgs]
 
 
 @dataclass
 class Batch:
-    params: SampleParams
+    params: SampleParams  # of the n real samples
     image: torch.Tensor  # [B, O, O, 3] uint8
     mask: torch.Tensor  # [B, O, O] uint8 in {0, 1}
     depth: torch.Tensor | None  # [B, 1, O, O] float32 metres, or None without a teacher
+    n: int = -1  # rows 0..n-1 are the samples asked for; rows n..B-1 pad the batch to its shape (-1: B)
+
+    def __post_init__(self):
+        if self.n < 0:
+            self.n = self.image.shape[0]
 
 
 class Generator:
@@ -137,20 +136,26 @@ class Generator:
                              self.cfg.scale)
 
     @torch.inference_mode()
-    def batch(self, index: np.ndarray) -> Batch:
-        """Make the samples with global indices `index` ([B] int64) on the generator's device."""
+    def batch(self, index: np.ndarray, prof: Profile = NO_PROFILE, pad_to: int | None = None) -> Batch:
+        """Make the samples with global indices `index` ([n] int64) on the generator's device, on the current
+        stream; with `pad_to`, the batch is padded to that many rows (copies of the last sample)."""
         cfg = self.cfg
-        p = self.params(index)
-        ip, fp = p.kernel_args(self.bank.layout)
-        out = composite(self.bank, torch.from_numpy(ip).to(self.device), torch.from_numpy(fp).to(self.device),
-                        cfg.compose_size, cfg.out_size, cfg.mask_threshold, self.teacher is not None, self.backend)
+        with prof.host("plan"):
+            p = self.params(index)
+            ip, fp = pad_rows(*p.kernel_args(self.bank.layout), pad_to)
+        with prof.host("upload"):
+            ipt, fpt = upload(ip, self.device), upload(fp, self.device)
+        with prof.device("composite", self.device):
+            out = composite(self.bank, ipt, fpt, cfg.compose_size, cfg.out_size, cfg.mask_threshold,
+                            self.teacher is not None, self.backend)
         depth = None
         if self.teacher is not None:
-            depth = self.teacher(out.compose)  # [B, 1, S/2, S/2] metres
-            if depth.shape[-1] != cfg.out_size:
-                mode = "area" if depth.shape[-1] > cfg.out_size else "bilinear"
-                depth = F.interpolate(depth, size=(cfg.out_size, cfg.out_size), mode=mode)
-        return Batch(p, out.image, out.mask, depth)
+            with prof.device("teacher", self.device):
+                depth = self.teacher(out.compose)  # [B, 1, S/2, S/2] metres
+                if depth.shape[-1] != cfg.out_size:
+                    mode = "area" if depth.shape[-1] > cfg.out_size else "bilinear"
+                    depth = F.interpolate(depth, size=(cfg.out_size, cfg.out_size), mode=mode)
+        return Batch(p, out.image, out.mask, depth, len(index))
 
     def records(self, p: SampleParams) -> list[dict]:
         """The JSON record of each sample: how it was made."""

@@ -1,8 +1,10 @@
 """`python -m smalldepthmask.info` (also `smalldepthmask info`): which backends this machine has.
 
-Prints the torch version, whether CUDA is available, whether the compiled composite extension is built (with
-CPU / CUDA kernels, and the flags it was built with), which composite backend `auto` picks per device, and
-whether the optional packages import (with versions). Never fails for a missing package.
+Prints the torch version, whether CUDA is available, which compiled composite library is loaded (an in-tree
+ahead-of-time build or the user cache, with its CPU / CUDA kernels and build flags), the cache folder, why any
+part was not built, which composite backend `auto` picks per device, and whether the optional packages import
+(with versions). Never fails for a missing package. Asking may compile the kernels (once, ~1-2 min) when the
+cache has no build for this machine yet.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def collect() -> dict:
         from . import _ops
         ok, reason = _ops.available()
         ext = {"built": _ops.built(), "usable": ok, "status": reason, "kernels": _ops.kernels(),
-               "build_flags": _ops.build_flags()}
+               "build_flags": _ops.build_flags(), "load": _ops.load_status()}
         ext["supports"] = {d: list(_ops.supports_device(torch.device(d))) for d in ("cpu", "cuda")}
     except Exception as e:  # noqa: BLE001
         ext = {"built": False, "usable": False, "status": f"{type(e).__name__}: {e}"}
@@ -69,9 +71,10 @@ def render(info: dict) -> str:
     lines.append(f"CUDA          {'available' if c['available'] else 'not available'} "
                  f"(torch built with CUDA {c['torch_cuda'] or 'none'}; {dev})")
     e = info["extension"]
+    load = e.get("load", {})
     if e.get("built"):
         ks = "+".join(e.get("kernels", [])) or "none"
-        lines.append(f"extension     built: {ks} kernels ({e['status']})")
+        lines.append(f"extension     loaded: {ks} kernels, from the {load.get('source')} ({load.get('path')})")
         flags = e.get("build_flags", {})
         if flags:
             parts = [f"torch {flags.get('torch')}", f"CUDA build {'yes' if flags.get('cuda') else 'no'}"]
@@ -83,7 +86,11 @@ def render(info: dict) -> str:
         for d, (ok, why) in e.get("supports", {}).items():
             lines.append(f"  on {d:<8} {'yes' if ok else 'no'} ({why})")
     else:
-        lines.append(f"extension     not built ({e.get('status')})")
+        lines.append(f"extension     not loaded ({e.get('status')})")
+    for why in load.get("not_built", []):
+        lines.append(f"  not built   {why}")
+    if load.get("cache_dir"):
+        lines.append(f"  cache       {load['cache_dir']} (SMALLDEPTHMASK_EXT_CACHE moves it)")
     auto = info.get("composite_auto", {})
     lines.append("composite     auto -> " + ", ".join(f"{d}: {b}" for d, b in auto.items()))
     lines.append("packages")

@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 
 from .codec import write_depth_png_mm, write_mask_png
 from .errors import BadInputError, UsageError, run_cli
-from .generator import resolve_device
+from .devices import resolve_device
 from .model import BaselineNet, ModelConfig
 from .model import checkpoint
 

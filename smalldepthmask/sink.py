@@ -38,11 +38,41 @@ def write_json_atomic(path: Path, obj: dict) -> None:
 
 
 def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (the one file hash of the package)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_manifest(root: Path) -> dict:
+    """OUT/manifest.json, checked to be a smalldepthmask manifest of this format; UsageError (exit 2) otherwise.
+    The one manifest reader: the shard reader (data.py), the dataset tools and resume all use it."""
+    root = Path(root)
+    if not root.exists():
+        raise UsageError(f"{root}: no such directory")
+    if not root.is_dir():
+        raise UsageError(f"{root}: not a directory")
+    path = root / MANIFEST
+    if not path.is_file():
+        raise UsageError(f"{root}: no {MANIFEST} (not a smalldepthmask dataset: were the shards made by "
+                         "smalldepthmask gen?)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(f"{path}: not a smalldepthmask manifest (unreadable: {first})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        fmt = manifest.get("format") if isinstance(manifest, dict) else None
+        raise UsageError(f"{path}: not a smalldepthmask manifest of this version: incompatible shard format "
+                         f"{fmt!r} (this version reads {FORMAT!r}); make the shards again with this version")
+    for name in ("units", "identity"):
+        if not isinstance(manifest.get(name), dict):
+            raise UsageError(f"{path}: damaged manifest (no {name!r} object)")
+    if not isinstance(manifest["identity"].get("config"), dict) or "out_size" not in manifest["identity"]["config"]:
+        raise UsageError(f"{path}: damaged manifest (no identity.config.out_size)")
+    return manifest
 
 
 class _HashingFile:

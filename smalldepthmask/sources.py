@@ -16,7 +16,6 @@ Conversion rules:
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
@@ -210,15 +209,13 @@ def read_background(path: Path, min_size: int = 64) -> np.ndarray:
 
 
 def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of the file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
+    """Hex SHA-256 of an input file's bytes (sink.sha256_file); an unreadable file is a BadInputError."""
+    from .sink import sha256_file
+
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        return sha256_file(path)
     except OSError as e:
         raise BadInputError(path, f"cannot read file ({e.strerror or e})") from e
-    return h.hexdigest()
 
 
 def demo_dirs() -> tuple[Path, Path]:

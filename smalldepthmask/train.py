@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .errors import UsageError, run_cli
-from .generator import resolve_device
+from .devices import resolve_device
 from .model import BaselineNet, ModelConfig, parameter_count
 from .model import checkpoint
 from .model.loop import Trainer, TrainConfig

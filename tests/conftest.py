@@ -1,7 +1,19 @@
+import os
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+
+def pytest_sessionstart(session):
+    """Compile (or find in the cache) the composite kernels once, before any test and outside every test's
+    subprocess timeout; subprocesses and tests that move SMALLDEPTHMASK_CACHE keep using that one build."""
+    from smalldepthmask import _build, _ops
+
+    os.environ.setdefault(_build.EXT_CACHE_ENV, str(_build.ext_cache_root().resolve()))
+    status = _ops.load()  # raises under SMALLDEPTHMASK_REQUIRE_EXT=1 when a part did not build
+    print(f"smalldepthmask kernels: {_ops.available()[1]} from the {status.get('source')} ({status.get('path')})")
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device")])]

@@ -88,7 +88,7 @@ def test_axis_taps_sum_and_support():
     assert idx.shape == (2, 64, 4)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES[1:])  # cuda against cpu (a cpu case would compare cpu with itself)
 def test_reference_is_device_independent(device):
     rng = np.random.default_rng(3)
     bank = build_bank([rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)], [soft_disc(25, 31, rng)], S, (0.1, 0.6))

@@ -1,14 +1,16 @@
 """Bad inputs and bad flags: one line per problem, exit code 2, no traceback, nothing written."""
 
 import json
+import struct
 import subprocess
 import sys
+import zlib
 
-import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from smalldepthmask import gen
+from smalldepthmask import _ops, gen
 from smalldepthmask.errors import run_cli
 from test_gen import SMALL, make_inputs
 
@@ -47,8 +49,15 @@ def _tiny(d):
     Image.new("RGBA", (4, 4), (200, 10, 10, 255)).save(d / "tiny.png")
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def _bomb(d):
-    Image.new("1", (9000, 9000)).convert("LA").save(d / "bomb.png")
+    """A 100-byte PNG whose header claims 9000 x 9000 gray+alpha pixels (81 megapixels): only the header counts."""
+    ihdr = struct.pack(">IIBBBBB", 9000, 9000, 8, 4, 0, 0, 0)
+    (d / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
+                                 + _png_chunk(b"IDAT", zlib.compress(b"\0")) + _png_chunk(b"IEND", b""))
 
 
 BAD_FG = {"zero.png": (_zero_byte, "empty"), "trunc.png": (_truncated, "truncated"),
@@ -118,7 +127,8 @@ def test_small_background_is_upscaled_with_a_warning(tmp_path, capsys):
     (["--k", "0"], "--k"),
     (["--mask-threshold", "1.5"], "--mask-threshold"),
     (["--shard-size", "0"], "--shard-size"),
-    (["--composite-backend", "ext", "--device", "cuda"], "cuda"),
+    pytest.param(["--composite-backend", "ext", "--device", "cuda"], "cuda", marks=pytest.mark.skipif(
+        torch.cuda.is_available() and "cuda" in _ops.kernels(), reason="this machine runs the CUDA kernel")),
 ])
 def test_bad_flags(tmp_path, capsys, flags, word):
     fg, bg = make_inputs(tmp_path / "in")
@@ -127,6 +137,16 @@ def test_bad_flags(tmp_path, capsys, flags, word):
     err = capsys.readouterr().err
     assert word in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_ext_backend_runs_on_cuda(tmp_path):
+    """Where the CUDA kernel is built and a GPU is present, `--composite-backend ext --device cuda` just works."""
+    fg, bg = make_inputs(tmp_path / "in")
+    assert "cuda" in _ops.kernels(), _ops.load_status()
+    assert cli("--shards", str(tmp_path / "o"), "--fg", str(fg), "--bg", str(bg), *SMALL,
+               "--composite-backend", "ext", "--device", "cuda") == 0
 
 
 def test_fg_without_bg_is_refused(tmp_path, capsys):
@@ -150,4 +170,6 @@ def test_demo_inputs_are_used_and_announced(tmp_path, capsys):
                "--depth", "none", "--quiet") == 0
     assert "demo" in capsys.readouterr().err
     assert json.loads((out / "manifest.json").read_text())["demo"] is True
-    assert np.isfinite(json.loads((out / "manifest.json").read_text())["total"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    ids = manifest["identity"]["inputs"]
+    assert manifest["total"] == 5 and manifest["population"] == 2 * 1 * len(ids["fg"]) * len(ids["bg"])

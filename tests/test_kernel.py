@@ -345,4 +345,5 @@ def test_supports_device_and_info():
     assert flags.get("cuda") == ("cuda" in _ops.kernels())
     out = subprocess.run([sys.executable, "-m", "smalldepthmask.info"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "extension     built: " in out.stdout and "webdataset" in out.stdout
+    assert "extension     loaded: " in out.stdout and "webdataset" in out.stdout
+    assert _ops.load_status()["source"] in out.stdout  # where the library came from: in-tree build or cache

@@ -22,7 +22,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import densenet169
 
 KERAS_BN_EPS = 1.001e-5
 ENCODER_CHANNELS = 1664
@@ -60,6 +59,7 @@ class DenseDepth(nn.Module):
 
     def __init__(self):
         super().__init__()
+        from torchvision.models import densenet169  # lazy: torchvision costs ~1 s to import
         self.encoder = densenet169(weights=None).features
         for m in self.encoder.modules():
             if isinstance(m, nn.BatchNorm2d):

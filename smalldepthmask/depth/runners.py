@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from ..generator import resolve_device
+from ..devices import resolve_device
 from .densedepth import DenseDepth
 from .fast import FastDenseDepth
 

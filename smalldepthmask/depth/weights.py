@@ -8,7 +8,6 @@ checkpoint (NYU or KITTI) travels with it: in the registry entry, in the sidecar
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -16,11 +15,11 @@ from pathlib import Path
 
 import torch
 
+from ..cache import cache_dir  # noqa: F401 - re-exported: onnx/tensorrt runners import it from here
 from ..errors import UsageError
 from .conventions import CONVENTIONS
 from .keras_h5 import WeightsFileError, read_keras_h5
 
-CACHE_ENV = "SMALLDEPTHMASK_CACHE"
 CONVERTED_FORMAT = "smalldepthmask-densedepth-v1"
 
 
@@ -73,26 +72,15 @@ class WeightsInfo:
     from_cache: bool = False
 
 
-def cache_dir() -> Path:
-    """The user cache dir (`$SMALLDEPTHMASK_CACHE` overrides the platform's user cache dir)."""
-    override = os.environ.get(CACHE_ENV)
-    if override:
-        return Path(override).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("smalldepthmask"))
-
-
 def weights_dir() -> Path:
     return cache_dir() / "weights"
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a weights file (the package's one file hash, sink.sha256_file)."""
+    from ..sink import sha256_file
+
+    return sha256_file(path)
 
 
 def sidecar_path(path: Path) -> Path:

@@ -23,10 +23,10 @@ from PIL import Image
 
 from ..codec import decode_depth_png_mm, decode_mask_png
 from ..errors import UsageError
-from ..sink import FORMAT, MANIFEST
+from ..sink import MANIFEST, read_manifest
 
 # Files the tools write beside the shards (verify does not count them as unexpected).
-TOOL_OUTPUTS = ("stats.json", "stats.png", "split.json", "train.txt", "test.txt", "preview.png")
+TOOL_OUTPUTS = ("stats.json", "stats.png", "split.json", "train.txt", "test.txt", "preview.png", "profile.json")
 INDEX_CSV = "index.csv"
 FOLDER_COLUMNS = {"jpg": "image", "mask.png": "mask", "depth.png": "depth", "json": "meta"}
 
@@ -100,28 +100,7 @@ class Dataset:
         return f"{self.listed_samples()} samples in {self.unit_word(len(self.units))}"
 
 
-def load_manifest(root: Path) -> dict:
-    """OUT/manifest.json, checked to be a smalldepthmask manifest; UsageError (exit 2) otherwise."""
-    if not root.exists():
-        raise UsageError(f"{root}: no such directory")
-    if not root.is_dir():
-        raise UsageError(f"{root}: not a directory")
-    path = root / MANIFEST
-    if not path.is_file():
-        raise UsageError(f"{root}: not a smalldepthmask dataset (no {MANIFEST})")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UsageError(f"{path}: not a smalldepthmask manifest (unreadable: {one_line(e)})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        fmt = manifest.get("format") if isinstance(manifest, dict) else None
-        raise UsageError(f"{path}: not a smalldepthmask manifest (format {fmt!r}, expected {FORMAT!r})")
-    for field in ("units", "identity"):
-        if not isinstance(manifest.get(field), dict):
-            raise UsageError(f"{path}: damaged manifest (no {field!r} object)")
-    if not isinstance(manifest["identity"].get("config"), dict) or "out_size" not in manifest["identity"]["config"]:
-        raise UsageError(f"{path}: damaged manifest (no identity.config.out_size)")
-    return manifest
+load_manifest = read_manifest  # OUT/manifest.json, checked (sink.read_manifest)
 
 
 def open_dataset(path: str | os.PathLike, need_units: bool = True) -> Dataset:
