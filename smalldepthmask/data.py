@@ -22,7 +22,6 @@ cap their steps per epoch).
 
 from __future__ import annotations
 
-import io
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .codec import decode_depth_png_mm
+from .codec import decode_mask_png as _decode_mask_png
 from .errors import UsageError
 from .plan import decompose, hash64, permute, uniform
 from .sink import FORMAT, MANIFEST  # noqa: F401 - FORMAT: the shard format this reader understands
@@ -179,12 +179,11 @@ def open_shards(specs: list[str] | str, require_depth: bool = False) -> ShardSet
 
 
 def decode_mask(data: bytes) -> torch.Tensor:  # PNG (1-bit or L) -> [1, H, W] float32 in {0, 1}
-    a = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
-    return torch.from_numpy((a > 127).astype(np.float32))[None]
+    return torch.from_numpy(_decode_mask_png(data).astype(np.float32))[None]
 
 
 def decode_depth(data: bytes, scale: float) -> torch.Tensor:  # uint16 PNG -> [1, H, W] float32 metres
-    a = np.asarray(Image.open(io.BytesIO(data)), dtype=np.float32)
+    a = decode_depth_png_mm(data).astype(np.float32)
     return torch.from_numpy(a * np.float32(scale))[None]
 
 

@@ -1,18 +1,18 @@
 """Encode: one composited batch -> per-sample dicts of file bytes (jpg, mask.png, depth.png, json).
 
 JPEG goes through simplejpeg (libjpeg-turbo), which releases the GIL, so a pool of threads encodes on all
-cores (Pillow's JPEG encoder holds the GIL: two threads were no faster than one); PNG goes through
-Pillow, whose zlib stage releases it.
+cores (Pillow's JPEG encoder holds the GIL: two threads were no faster than one); the mask and depth PNGs go
+through smalldepthmask.codec (OpenCV, which releases it too; bench/bench_encode.py).
 """
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
 import simplejpeg
-from PIL import Image
+
+from .codec import encode_mask_png
 
 KEY_DIGITS = 10
 
@@ -30,9 +30,7 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
 
 def encode_mask(mask: np.ndarray) -> bytes:
     """mask: [H, W] uint8 in {0, 1} -> 1-bit PNG bytes (reads back as 0/255 in mode L)."""
-    buf = io.BytesIO()
-    Image.fromarray(mask.astype(bool)).save(buf, format="PNG", optimize=False, compress_level=6)
-    return buf.getvalue()
+    return encode_mask_png(mask)
 
 
 def encode_json(record: dict) -> bytes:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from .codec import write_depth_png_mm, write_mask_png
 from .errors import BadInputError, UsageError, run_cli
 from .devices import resolve_device
 from .model import BaselineNet, ModelConfig
@@ -134,11 +135,11 @@ def write_outputs(out: Path, stem: str, image: np.ndarray, mask: np.ndarray, dep
                   max_depth: float) -> list[Path]:
     hard = mask >= 0.5
     written = [out / f"{stem}.mask.png"]
-    Image.fromarray(hard).save(written[0])
+    write_mask_png(written[0], hard)
     if depth is not None:
         written.append(out / f"{stem}.depth.png")
         mm = np.clip(np.round(depth * 1000.0), 0, 65535).astype(np.uint16)
-        Image.fromarray(mm).save(written[-1])
+        write_depth_png_mm(written[-1], mm)
     written.append(out / f"{stem}.preview.png")
     preview(image, hard, depth, max_depth).save(written[-1])
     return written

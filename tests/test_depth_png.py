@@ -41,3 +41,24 @@ def test_preview_has_scale_bar():
     assert image.size == (64 + 70, 48) and image.mode == "RGB"
     near, far = np.asarray(image)[0, 0].astype(int), np.asarray(image)[-1, 63].astype(int)
     assert near.sum() > far.sum()  # near is light, far is dark
+
+
+def test_encode_depth_png_reads_back_exactly_in_opencv_and_is_deterministic():
+    import cv2
+
+    depth = np.random.default_rng(1).uniform(0.5, 12, (40, 56)).astype(np.float32)
+    data = encode_depth_png(depth)
+    cv = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert cv.dtype == np.uint16 and np.array_equal(cv, depth_to_png16(depth))
+    assert encode_depth_png(torch.from_numpy(depth)) == data
+
+
+def test_decode_refuses_8_bit_png():
+    from io import BytesIO
+
+    from PIL import Image
+
+    buf = BytesIO()
+    Image.fromarray(np.zeros((3, 3), np.uint8)).save(buf, format="PNG")
+    with pytest.raises(ValueError, match="not a 16-bit depth PNG"):
+        decode_depth_png(buf.getvalue())

@@ -6,11 +6,11 @@ The largest representable depth is 65.535 m; KITTI depths beyond it are clipped 
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from ..codec import decode_depth_png_mm, encode_depth_png_mm
 
 MM_PER_METRE = 1000.0
 PNG16_MAX = 65535
@@ -50,26 +50,16 @@ def png16_to_depth(
 def encode_depth_png(
     depth_m,  # [H, W] float32 metres
 ) -> bytes:  # a 16-bit grayscale PNG of millimetres
-    return encode_png16(depth_to_png16(depth_m))
+    return encode_depth_png_mm(depth_to_png16(depth_m))
 
 
-def encode_png16(
-    mm: np.ndarray,  # [H, W] uint16 millimetres
-) -> bytes:  # a 16-bit grayscale PNG
-    buffer = io.BytesIO()
-    image = Image.fromarray(np.ascontiguousarray(mm, dtype=np.uint16))  # uint16 -> mode "I;16"
-    assert image.mode == "I;16", image.mode
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+encode_png16 = encode_depth_png_mm  # [H, W] uint16 millimetres -> 16-bit PNG bytes (smalldepthmask.codec)
 
 
 def decode_depth_png(
     data: bytes,
 ) -> np.ndarray:  # [H, W] float32 metres
-    with Image.open(io.BytesIO(data)) as image:
-        if image.mode not in ("I;16", "I;16B", "I"):
-            raise ValueError(f"not a 16-bit depth PNG (mode {image.mode})")
-        return png16_to_depth(np.asarray(image).astype(np.uint16))
+    return png16_to_depth(decode_depth_png_mm(data))
 
 
 def colorize(

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..codec import decode_depth_png_mm, decode_mask_png
 from ..errors import UsageError
 from ..sink import MANIFEST, read_manifest
 
@@ -221,19 +222,8 @@ def decode_image(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def decode_mask(data: bytes) -> np.ndarray:
-    """1-bit (or 8-bit) PNG bytes -> [H, W] bool, True = foreground."""
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("L")) >= 128
-
-
-def decode_depth_mm(data: bytes) -> np.ndarray:
-    """16-bit PNG bytes -> [H, W] uint16 millimetres (0 = no data)."""
-    with Image.open(io.BytesIO(data)) as im:
-        if im.mode not in ("I;16", "I;16B", "I;16L", "I"):
-            raise ValueError(f"depth PNG has mode {im.mode}, expected 16-bit")
-        arr = np.asarray(im)
-    return arr.astype(np.uint16)
+decode_mask = decode_mask_png  # 1-bit (or 8-bit) PNG bytes -> [H, W] bool, True = foreground
+decode_depth_mm = decode_depth_png_mm  # 16-bit PNG bytes -> [H, W] uint16 millimetres (0 = no data)
 
 
 def decode_record(data: bytes) -> dict:

@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from ..codec import DEPTH_MODES, MASK_MODES
 from ..sink import MANIFEST, sha256_file
 from .dataset import INDEX_CSV, Dataset, UnitError, iter_unit, one_line, open_dataset
 
 PROG = "smalldepthmask verify"
 MAX_PER_UNIT = 20                      # problem lines per unit before "... and N more"
 KEY_RE = re.compile(r"^[0-9]{10}$")
-EXPECTED_MODES = {"jpg": ("RGB",), "mask.png": ("1", "L"), "depth.png": ("I;16", "I;16B", "I;16L", "I")}
+EXPECTED_MODES = {"jpg": ("RGB",), "mask.png": MASK_MODES, "depth.png": DEPTH_MODES}
 
 
 @dataclass
