@@ -28,6 +28,11 @@ def _cv2():
     return cv2
 
 
+def encoder_version() -> str:
+    """What the PNG bytes depend on (OpenCV's bundled libpng and zlib): part of a gen run's identity."""
+    return f"opencv {_cv2().__version__}"
+
+
 def _imencode(array: np.ndarray, params: list[int]) -> bytes:
     ok, buf = _cv2().imencode(".png", array, params)
     if not ok:

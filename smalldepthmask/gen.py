@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, config, sink
+from . import __version__, codec, config, sink
 from . import profile as profiling
 from .depth.png import encode_png16
 from .encode import encode_samples, sample_key
@@ -187,7 +187,8 @@ def run(cfg: config.GenConfig) -> int:
         torch.set_num_threads(1)
     identity = {"version": __version__, "config": cfg.output_config(), "composite": gen.backend,
                 "inputs": {"fg": [f.record() for f in inputs.fg], "bg": [b.record() for b in inputs.bg]},
-                "teacher": teacher.describe() if teacher is not None else None}
+                "teacher": teacher.describe() if teacher is not None else None,
+                "png_encoder": codec.encoder_version()}  # the PNG bytes depend on OpenCV's libpng and zlib
     if teacher is not None:  # a network's last bits may depend on its batch shape: one shape per run
         identity["teacher_batch"] = cfg.batch_size
         if device.type == "cuda":
