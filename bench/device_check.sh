@@ -86,6 +86,13 @@ section "gen end to end with a random-weight DenseDepth, 448 -> 224, --profile"
 run_step "bench_gen_teacher.py (batch 64, 128)" 180 $PY bench/bench_gen_teacher.py --device cuda \
   --batches 64,128 --n 1024 4096 --json "$OUT/gen-teacher-cuda-$STAMP.json"
 
+if $PY -c "import tensorrt" 2>/dev/null; then
+  run_step "bench_gen_teacher.py tensorrt (batch 64)" 240 $PY bench/bench_gen_teacher.py --device cuda \
+    --batches 64 --n 1024 4096 --gen-args "--depth-runner tensorrt" --json "$OUT/gen-teacher-trt-$STAMP.json"
+else
+  note "gen end to end, TensorRT runner" skip "tensorrt is not installed (not verified)"
+fi
+
 section "composite benchmark (cpu and cuda, with the copy-bandwidth comparison)"
 BENCH_JSON="$OUT/composite-cuda-$STAMP.json"
 run_step "bench_composite.py" 90 $PY bench/bench_composite.py --device all --json "$BENCH_JSON"
