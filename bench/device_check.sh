@@ -88,7 +88,7 @@ run_step "bench_gen_teacher.py (batch 64, 128)" 180 $PY bench/bench_gen_teacher.
 
 if $PY -c "import tensorrt" 2>/dev/null; then
   run_step "bench_gen_teacher.py tensorrt (batch 64)" 240 $PY bench/bench_gen_teacher.py --device cuda \
-    --batches 64 --n 1024 4096 --gen-args "--depth-runner tensorrt" --json "$OUT/gen-teacher-trt-$STAMP.json"
+    --batches 64 --n 1024 4096 --gen-args="--depth-runner tensorrt" --json "$OUT/gen-teacher-trt-$STAMP.json"
 else
   note "gen end to end, TensorRT runner" skip "tensorrt is not installed (not verified)"
 fi
