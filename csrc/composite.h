@@ -125,6 +125,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> composite_cpu(
     const at::Tensor& iparams, const at::Tensor& fparams, int64_t compose, int64_t out, int64_t mask_count,
     bool want_compose);
 
+// The CUDA kernel's body (composite_pixel.h) walked on the host as the GPU grid runs it (a test hook; same
+// arguments and results as composite_cpu). composite_device_body.cpp.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> composite_device_body(
+    const at::Tensor& bg_flat, const at::Tensor& bg_table, const at::Tensor& fg_flat, const at::Tensor& fg_table,
+    const at::Tensor& iparams, const at::Tensor& fparams, int64_t compose, int64_t out, int64_t mask_count,
+    bool want_compose);
+
 // The quantized taps of composite.py's axis_taps (a test hook for the shared tap math): pos0, ratio [B] float64,
 // size [B] int64, flip [B] bool -> (index [B, n, 4] int64 = first + k, weight [B, n, 4] int64), unmasked.
 void check_axis_taps_args(const at::Tensor& pos0, const at::Tensor& ratio, const at::Tensor& size,

@@ -200,6 +200,19 @@ def composite(bg_flat: torch.Tensor, bg_table: torch.Tensor, fg_flat: torch.Tens
                                               int(compose), int(out), int(mask_count), bool(want_compose))
 
 
+def composite_device_body(bg_flat: torch.Tensor, bg_table: torch.Tensor, fg_flat: torch.Tensor,
+                          fg_table: torch.Tensor, iparams: torch.Tensor, fparams: torch.Tensor, compose: int, out: int,
+                          mask_count: int, want_compose: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The CUDA kernel's body (csrc/composite_pixel.h) run on the host, walking the GPU grid (CPU tensors only).
+
+    A test and diagnostic entry point, not a user backend: same arguments and results as composite()."""
+    if _C is None and not available()[0]:
+        raise RuntimeError(available()[1])
+    return torch.ops.smalldepthmask.composite_device_body(bg_flat, bg_table, fg_flat, fg_table, iparams, fparams,
+                                                          int(compose), int(out), int(mask_count),
+                                                          bool(want_compose))
+
+
 def axis_taps(pos0: torch.Tensor, ratio: torch.Tensor, size: torch.Tensor, flip: torch.Tensor,
               n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The compiled tap math (test hook): same arguments and results as composite.axis_taps."""
@@ -215,6 +228,7 @@ def _register_fakes() -> None:
         B = pos0.shape[0]
         return pos0.new_empty((B, n, 4), dtype=torch.int64), pos0.new_empty((B, n, 4), dtype=torch.int64)
 
+    @torch.library.register_fake("smalldepthmask::composite_device_body")
     @torch.library.register_fake(OP_NAME)
     def _composite_fake(bg_flat, bg_table, fg_flat, fg_table, iparams, fparams, compose, out, mask_count,
                         want_compose):
