@@ -17,8 +17,8 @@ namespace smalldepthmask {
 namespace {
 
 // One thread per out pixel; the block stages its taps in shared memory first (SmemTaps), then each thread runs
-// out_pixel (composite_pixel.h) for every sample b = blockIdx.z, blockIdx.z + gridDim.z, ...
-template <int F, bool SmemTaps, bool Aligned>
+// sample_pixel (composite_pixel.h) for every sample b = blockIdx.z, blockIdx.z + gridDim.z, ...
+template <int F, bool SmemTaps>
 __global__ void __launch_bounds__(kTileX * kTileY) composite_kernel(const KernelArgs a) {
   extern __shared__ Int4 smem[];
   const int f = F > 0 ? F : a.f;
@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(kTileX * kTileY) composite_kernel(const Kernel
       __syncthreads();
     }
     if (ox >= a.O || oy >= a.O) continue;
-    out_pixel<F, SmemTaps, Aligned>(a, s, st, b, ox, oy, threadIdx.x, threadIdx.y);
+    sample_pixel<F, SmemTaps>(a, s, st, b, ox, oy, threadIdx.x, threadIdx.y);
   }
 }
 
@@ -62,10 +62,10 @@ struct Launch {
   const KernelArgs& a;
   dim3 grid, block;
   cudaStream_t stream;
-  template <int F, bool SmemTaps, bool Aligned>
+  template <int F, bool SmemTaps>
   void go() {
     const size_t smem = SmemTaps ? tap_stage_bytes(a.f) : 0;
-    composite_kernel<F, SmemTaps, Aligned><<<grid, block, smem, stream>>>(a);
+    composite_kernel<F, SmemTaps><<<grid, block, smem, stream>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };
@@ -76,8 +76,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> composite_cuda(
     const at::Tensor& bg_flat, const at::Tensor& bg_table, const at::Tensor& fg_flat, const at::Tensor& fg_table,
     const at::Tensor& iparams, const at::Tensor& fparams, int64_t compose, int64_t out, int64_t mask_count,
     bool want_compose) {
-  const ArgInfo info =
-      check_composite_args(bg_flat, bg_table, fg_flat, fg_table, iparams, fparams, compose, out, mask_count);
+  // Shapes only: the values were checked on the host before the upload (check_composite_values; composite.py
+  // and Bank.to do it), so this op never waits for the device.
+  check_composite_shapes(bg_flat, bg_table, fg_flat, fg_table, iparams, fparams, compose, out, mask_count);
   TORCH_CHECK(bg_flat.is_cuda(), "composite_cuda: tensors are on ", bg_flat.device());
   const c10::cuda::CUDAGuard guard(bg_flat.device());
   auto [image, mask, comp] = allocate_outputs(iparams, compose, out, want_compose);
@@ -86,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> composite_cuda(
   const KernelArgs a = kernel_args(bg_flat, bg_table, fg_flat, fg_table, iparams, fparams, compose, out,
                                    mask_count, image, mask, want_compose ? &comp : nullptr);
   Launch launch{a, grid_of(a), dim3(kTileX, kTileY), at::cuda::getCurrentCUDAStream()};
-  dispatch_variant(a.f, info.fg_aligned4, launch);
+  dispatch_variant(a.f, launch);
   return {image, mask, comp};
 }
 

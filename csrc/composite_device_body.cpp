@@ -51,7 +51,7 @@ struct HostWalk {
   const KernelArgs& a;
   GridShape g;
 
-  template <int F, bool SmemTaps, bool Aligned>
+  template <int F, bool SmemTaps>
   void go() const {
     const int f = F > 0 ? F : a.f;
     const int64_t nblocks = g.z * g.y * g.x;
@@ -71,7 +71,7 @@ struct HostWalk {
             for (int lx = 0; lx < kTileX; ++lx) {
               const int ox = bx * kTileX + lx, oy = by * kTileY + ly;
               if (ox >= a.O || oy >= a.O) continue;
-              out_pixel<F, SmemTaps, Aligned>(a, s, st, b, ox, oy, lx, ly);
+              sample_pixel<F, SmemTaps>(a, s, st, b, ox, oy, lx, ly);
             }
           }
         }
@@ -86,15 +86,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> composite_device_body(
     const at::Tensor& bg_flat, const at::Tensor& bg_table, const at::Tensor& fg_flat, const at::Tensor& fg_table,
     const at::Tensor& iparams, const at::Tensor& fparams, int64_t compose, int64_t out, int64_t mask_count,
     bool want_compose) {
-  const ArgInfo info =
-      check_composite_args(bg_flat, bg_table, fg_flat, fg_table, iparams, fparams, compose, out, mask_count);
+  check_composite_args(bg_flat, bg_table, fg_flat, fg_table, iparams, fparams, compose, out, mask_count);
   TORCH_CHECK(bg_flat.device().is_cpu(), "composite_device_body: tensors are on ", bg_flat.device());
   auto [image, mask, comp] = allocate_outputs(iparams, compose, out, want_compose);
   if (iparams.size(0) == 0) return {image, mask, comp};
   const KernelArgs a = kernel_args(bg_flat, bg_table, fg_flat, fg_table, iparams, fparams, compose, out,
                                    mask_count, image, mask, want_compose ? &comp : nullptr);
   HostWalk walk{a, grid_shape(a)};
-  dispatch_variant(a.f, info.fg_aligned4, walk);
+  dispatch_variant(a.f, walk);
   return {image, mask, comp};
 }
 

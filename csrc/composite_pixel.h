@@ -11,7 +11,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 
 #include "composite.h"
 
@@ -263,29 +262,31 @@ SDM_UNROLL
   a.mask[((int64_t)b * O + oy) * O + ox] = asum >= a.mask_count ? 1 : 0;
 }
 
+// out_pixel with the foreground load path of sample s: one 32-bit load per RGBA pixel when its entry starts on a
+// 4-byte boundary, else byte loads (decided per sample, on the device: no host look at the tables).
+template <int F, bool SmemTaps>
+SDM_HD void sample_pixel(const KernelArgs& a, const SampleView& s, const TapStage& st, int b, int ox, int oy, int lx,
+                         int ly) {
+  if ((reinterpret_cast<uintptr_t>(s.fg) & 3) == 0) {
+    out_pixel<F, SmemTaps, true>(a, s, st, b, ox, oy, lx, ly);
+  } else {
+    out_pixel<F, SmemTaps, false>(a, s, st, b, ox, oy, lx, ly);
+  }
+}
+
 // The kernel variant a factor f takes (the same choice on the GPU and in the host walk): calls
-// run.template go<F, SmemTaps, Aligned>().
+// run.template go<F, SmemTaps>().
 template <typename Run>
-void dispatch_variant(int f, bool aligned, Run& run) {
-  auto pick = [&](auto f_tag, auto smem_tag) {
-    constexpr int F = decltype(f_tag)::value;
-    constexpr bool Smem = decltype(smem_tag)::value;
-    if (aligned) {
-      run.template go<F, Smem, true>();
-    } else {
-      run.template go<F, Smem, false>();
-    }
-  };
-  using T = std::true_type;
+void dispatch_variant(int f, Run& run) {
   switch (f) {
-    case 1: pick(std::integral_constant<int, 1>{}, T{}); break;
-    case 2: pick(std::integral_constant<int, 2>{}, T{}); break;
-    case 4: pick(std::integral_constant<int, 4>{}, T{}); break;
+    case 1: run.template go<1, true>(); break;
+    case 2: run.template go<2, true>(); break;
+    case 4: run.template go<4, true>(); break;
     default:
       if (f <= kMaxSmemF) {
-        pick(std::integral_constant<int, 0>{}, T{});
+        run.template go<0, true>();
       } else {
-        pick(std::integral_constant<int, 0>{}, std::false_type{});
+        run.template go<0, false>();
       }
   }
 }

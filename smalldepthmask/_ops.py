@@ -213,6 +213,18 @@ def composite_device_body(bg_flat: torch.Tensor, bg_table: torch.Tensor, fg_flat
                                                           bool(want_compose))
 
 
+def check_composite_values(bg_table: torch.Tensor, fg_table: torch.Tensor, iparams: torch.Tensor,
+                           fparams: torch.Tensor, bg_numel: int, fg_numel: int, compose: int,
+                           check_tables: bool = True) -> None:
+    """The composite op's value checks on CPU tensors (RuntimeError naming the argument and value): table extents
+    against the flat sizes (when check_tables), ids, crop windows, parameters. bg_table [m, 3], fg_table [E, 3],
+    iparams [B, 5] int64; fparams [B, 4] float64. The CUDA op checks shapes only: run this before the upload."""
+    if _C is None and not available()[0]:
+        raise RuntimeError(available()[1])
+    torch.ops.smalldepthmask.check_composite_values(bg_table, fg_table, iparams, fparams, int(bg_numel),
+                                                    int(fg_numel), int(compose), bool(check_tables))
+
+
 def axis_taps(pos0: torch.Tensor, ratio: torch.Tensor, size: torch.Tensor, flip: torch.Tensor,
               n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The compiled tap math (test hook): same arguments and results as composite.axis_taps."""
@@ -227,6 +239,10 @@ def _register_fakes() -> None:
     def _axis_taps_fake(pos0, ratio, size, flip, n):
         B = pos0.shape[0]
         return pos0.new_empty((B, n, 4), dtype=torch.int64), pos0.new_empty((B, n, 4), dtype=torch.int64)
+
+    @torch.library.register_fake("smalldepthmask::check_composite_values")
+    def _check_values_fake(bg_table, fg_table, iparams, fparams, bg_numel, fg_numel, compose, check_tables):
+        return None
 
     @torch.library.register_fake("smalldepthmask::composite_device_body")
     @torch.library.register_fake(OP_NAME)

@@ -348,14 +348,60 @@ def _bad_cases(kw):
     ]
 
 
+# the cases of _bad_cases that are about values (checked on the host: by the CPU op, or check_composite_values)
+VALUE_CASES = {"bg id", "bg id negative", "fg entry", "crop_y", "crop_x", "crop_x negative", "fparams nan",
+               "fparams huge", "bg_table offset", "fg_table size", "fg_table zero"}
+
+
+def _check_values(kw):
+    c = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    _ops.check_composite_values(c["bg_table"], c["fg_table"], c["iparams"], c["fparams"], c["bg_flat"].numel(),
+                                c["fg_flat"].numel(), c["compose"], True)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_bad_arguments_name_argument_and_value(device):
+    """The CPU op checks everything; the CUDA op checks shapes (no device sync) and the values are checked on the
+    host by check_composite_values, with the same messages."""
     _need(device)
     kw = _good_args(device)
     _call(kw)  # the good arguments work
+    _check_values(kw)
     for name, change, pattern in _bad_cases(kw):
         with pytest.raises(RuntimeError, match=pattern):
-            _call({**kw, **change})
+            if device == "cpu" or name not in VALUE_CASES:
+                _call({**kw, **change})
+            else:
+                _check_values({**kw, **change})
+        if name in VALUE_CASES:
+            with pytest.raises(RuntimeError, match=pattern):
+                _check_values({**kw, **change})
+
+
+def test_host_validation_before_upload():
+    """Bank.to checks the tables once; device_params checks host params against the bank's host tables and
+    uploads them (the meta device stands in for a GPU: the same path, no data)."""
+    from smalldepthmask.composite import device_params
+
+    kw = _good_args("cpu")
+    rng = np.random.default_rng(2)
+    bank = _bank(rng, 24, n_bg=2, n_fg=2)
+    meta = bank.to("meta")
+    assert torch.equal(meta.host_fg_table, bank.fg_table) and meta.fg_table.device.type == "meta"
+    ip, fp = device_params(meta, kw["iparams"], kw["fparams"], kw["compose"])
+    assert ip.device.type == "meta" and fp.device.type == "meta" and ip.shape == (3, 5)
+    bad_i = kw["iparams"].clone()
+    bad_i[1, 0] = 7
+    with pytest.raises(RuntimeError, match=r"iparams\[1, 0\] \(background id\) = 7 is out of range"):
+        device_params(meta, bad_i, kw["fparams"], kw["compose"])
+    bad_f = kw["fparams"].clone()
+    bad_f[0, 0] = float("inf")
+    with pytest.raises(RuntimeError, match=r"fparams\[0, 0\] \(x0\) = inf"):
+        device_params(meta, kw["iparams"], bad_f, kw["compose"])
+    broken = type(bank)(bank.bg_flat, bank.bg_table, bank.fg_flat[:-1], bank.fg_table, bank.layout)
+    with pytest.raises(RuntimeError, match=r"fg_table\[\d+\] = \(offset .* but fg_flat has"):
+        broken.to("meta")
+    assert bank.to("cpu").host_bg_table is None  # a CPU bank: the CPU op checks its values itself
 
 
 @pytest.mark.device_body
