@@ -122,9 +122,21 @@ def load_status() -> dict:
     return dict(load())
 
 
-def _has_kernel(key: str) -> bool:
+DIAGNOSTIC_OPS = ("composite_device_body", "check_composite_values")  # CPU only; not user backends
+
+
+def diagnostic_ops() -> list[str]:
+    """The test and diagnostic ops the loaded library has (CPU kernels), e.g. ['composite_device_body', ...]:
+    composite_device_body is the CUDA kernel's body walked on the host (for `info`); [] when not built."""
+    load()
+    if _C is None:
+        return []
+    return [n for n in DIAGNOSTIC_OPS if _has_kernel("CPU", f"smalldepthmask::{n}")]
+
+
+def _has_kernel(key: str, op: str = OP_NAME) -> bool:
     try:
-        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(OP_NAME, key))
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(op, key))
     except Exception:  # noqa: BLE001 - private API; fall back to the build flag
         return key == "CPU" or (key == "CUDA" and bool(getattr(_C, "WITH_CUDA", 0)))
 
