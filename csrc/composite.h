@@ -106,13 +106,20 @@ inline BlendConsts blend_consts(int64_t f) {
   return k;
 }
 
-struct ArgInfo {
-  bool fg_aligned4;  // every foreground entry starts on a 4-byte boundary (one 32-bit load per RGBA pixel)
-};
+// Shapes, dtypes, devices, contiguity and the scalar arguments; reads no tensor values (no device sync).
+void check_composite_shapes(const at::Tensor& bg_flat, const at::Tensor& bg_table, const at::Tensor& fg_flat,
+                            const at::Tensor& fg_table, const at::Tensor& iparams, const at::Tensor& fparams,
+                            int64_t compose, int64_t out, int64_t mask_count);
 
-// Validates every argument (dtypes, shapes, devices, contiguity, and the values: ids, crop windows, table
-// extents, parameters). CUDA tensors' values are checked through one small device-to-host copy.
-ArgInfo check_composite_args(const at::Tensor& bg_flat, const at::Tensor& bg_table, const at::Tensor& fg_flat,
+// The values, on CPU tensors only: table extents against the flat buffers' sizes (when check_tables), then ids,
+// crop windows and parameters. bg_table [m, 3], fg_table [E, 3], iparams [B, 5] int64; fparams [B, 4] float64.
+// The CUDA path calls it on host copies before the upload (composite.py, Bank.to).
+void check_composite_values(const at::Tensor& bg_table, const at::Tensor& fg_table, const at::Tensor& iparams,
+                            const at::Tensor& fparams, int64_t bg_numel, int64_t fg_numel, int64_t compose,
+                            bool check_tables);
+
+// Both of the above, for CPU tensors (the CPU kernels).
+void check_composite_args(const at::Tensor& bg_flat, const at::Tensor& bg_table, const at::Tensor& fg_flat,
                           const at::Tensor& fg_table, const at::Tensor& iparams, const at::Tensor& fparams,
                           int64_t compose, int64_t out, int64_t mask_count);
 
@@ -121,6 +128,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> allocate_outputs(const at::Tensor
                                                                int64_t out, bool want_compose);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> composite_cpu(
+    const at::Tensor& bg_flat, const at::Tensor& bg_table, const at::Tensor& fg_flat, const at::Tensor& fg_table,
+    const at::Tensor& iparams, const at::Tensor& fparams, int64_t compose, int64_t out, int64_t mask_count,
+    bool want_compose);
+
+// The CUDA kernel's body (composite_pixel.h) walked on the host as the GPU grid runs it (a test hook; same
+// arguments and results as composite_cpu). composite_device_body.cpp.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> composite_device_body(
     const at::Tensor& bg_flat, const at::Tensor& bg_table, const at::Tensor& fg_flat, const at::Tensor& fg_table,
     const at::Tensor& iparams, const at::Tensor& fparams, int64_t compose, int64_t out, int64_t mask_count,
     bool want_compose);

@@ -18,6 +18,14 @@ TORCH_LIBRARY(smalldepthmask, m) {
   m.def(
       "composite(Tensor bg_flat, Tensor bg_table, Tensor fg_flat, Tensor fg_table, Tensor iparams, "
       "Tensor fparams, int compose, int out, int mask_count, bool want_compose) -> (Tensor, Tensor, Tensor)");
+  // test hook: the CUDA kernel's body walked on the host as the GPU grid runs it (CPU only)
+  m.def(
+      "composite_device_body(Tensor bg_flat, Tensor bg_table, Tensor fg_flat, Tensor fg_table, Tensor iparams, "
+      "Tensor fparams, int compose, int out, int mask_count, bool want_compose) -> (Tensor, Tensor, Tensor)");
+  // the value checks of composite on host (CPU) tensors, run before a CUDA upload (the CUDA op checks shapes only)
+  m.def(
+      "check_composite_values(Tensor bg_table, Tensor fg_table, Tensor iparams, Tensor fparams, int bg_numel, "
+      "int fg_numel, int compose, bool check_tables) -> ()");
   // test hook: the shared tap math, compared with composite.py's axis_taps
   m.def("axis_taps(Tensor pos0, Tensor ratio, Tensor size, Tensor flip, int n) -> (Tensor, Tensor)");
 }
@@ -25,6 +33,8 @@ TORCH_LIBRARY(smalldepthmask, m) {
 TORCH_LIBRARY_IMPL(smalldepthmask, CPU, m) {
   m.impl("composite", &smalldepthmask::composite_cpu);
   m.impl("axis_taps", &smalldepthmask::axis_taps_cpu);
+  m.impl("composite_device_body", &smalldepthmask::composite_device_body);
+  m.impl("check_composite_values", &smalldepthmask::check_composite_values);
 }
 
 #ifdef SMALLDEPTHMASK_WITH_CUDA

@@ -122,9 +122,21 @@ def load_status() -> dict:
     return dict(load())
 
 
-def _has_kernel(key: str) -> bool:
+DIAGNOSTIC_OPS = ("composite_device_body", "check_composite_values")  # CPU only; not user backends
+
+
+def diagnostic_ops() -> list[str]:
+    """The test and diagnostic ops the loaded library has (CPU kernels), e.g. ['composite_device_body', ...]:
+    composite_device_body is the CUDA kernel's body walked on the host (for `info`); [] when not built."""
+    load()
+    if _C is None:
+        return []
+    return [n for n in DIAGNOSTIC_OPS if _has_kernel("CPU", f"smalldepthmask::{n}")]
+
+
+def _has_kernel(key: str, op: str = OP_NAME) -> bool:
     try:
-        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(OP_NAME, key))
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(op, key))
     except Exception:  # noqa: BLE001 - private API; fall back to the build flag
         return key == "CPU" or (key == "CUDA" and bool(getattr(_C, "WITH_CUDA", 0)))
 
@@ -200,6 +212,31 @@ def composite(bg_flat: torch.Tensor, bg_table: torch.Tensor, fg_flat: torch.Tens
                                               int(compose), int(out), int(mask_count), bool(want_compose))
 
 
+def composite_device_body(bg_flat: torch.Tensor, bg_table: torch.Tensor, fg_flat: torch.Tensor,
+                          fg_table: torch.Tensor, iparams: torch.Tensor, fparams: torch.Tensor, compose: int, out: int,
+                          mask_count: int, want_compose: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The CUDA kernel's body (csrc/composite_pixel.h) run on the host, walking the GPU grid (CPU tensors only).
+
+    A test and diagnostic entry point, not a user backend: same arguments and results as composite()."""
+    if _C is None and not available()[0]:
+        raise RuntimeError(available()[1])
+    return torch.ops.smalldepthmask.composite_device_body(bg_flat, bg_table, fg_flat, fg_table, iparams, fparams,
+                                                          int(compose), int(out), int(mask_count),
+                                                          bool(want_compose))
+
+
+def check_composite_values(bg_table: torch.Tensor, fg_table: torch.Tensor, iparams: torch.Tensor,
+                           fparams: torch.Tensor, bg_numel: int, fg_numel: int, compose: int,
+                           check_tables: bool = True) -> None:
+    """The composite op's value checks on CPU tensors (RuntimeError naming the argument and value): table extents
+    against the flat sizes (when check_tables), ids, crop windows, parameters. bg_table [m, 3], fg_table [E, 3],
+    iparams [B, 5] int64; fparams [B, 4] float64. The CUDA op checks shapes only: run this before the upload."""
+    if _C is None and not available()[0]:
+        raise RuntimeError(available()[1])
+    torch.ops.smalldepthmask.check_composite_values(bg_table, fg_table, iparams, fparams, int(bg_numel),
+                                                    int(fg_numel), int(compose), bool(check_tables))
+
+
 def axis_taps(pos0: torch.Tensor, ratio: torch.Tensor, size: torch.Tensor, flip: torch.Tensor,
               n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The compiled tap math (test hook): same arguments and results as composite.axis_taps."""
@@ -215,6 +252,11 @@ def _register_fakes() -> None:
         B = pos0.shape[0]
         return pos0.new_empty((B, n, 4), dtype=torch.int64), pos0.new_empty((B, n, 4), dtype=torch.int64)
 
+    @torch.library.register_fake("smalldepthmask::check_composite_values")
+    def _check_values_fake(bg_table, fg_table, iparams, fparams, bg_numel, fg_numel, compose, check_tables):
+        return None
+
+    @torch.library.register_fake("smalldepthmask::composite_device_body")
     @torch.library.register_fake(OP_NAME)
     def _composite_fake(bg_flat, bg_table, fg_flat, fg_table, iparams, fparams, compose, out, mask_count,
                         want_compose):

@@ -89,14 +89,30 @@ class Bank:
     fg_flat: torch.Tensor  # [sum(h*w*4)] uint8 premultiplied RGBA
     fg_table: torch.Tensor  # [E, 3] int64 (offset, h, w)
     layout: Layout
+    # CPU copies of the tables of a bank on another device, value-checked once by to() (None for a CPU bank)
+    host_bg_table: torch.Tensor | None = None  # [m, 3] int64
+    host_fg_table: torch.Tensor | None = None  # [E, 3] int64
 
     @property
     def device(self) -> torch.device:
         return self.bg_flat.device
 
+    def host_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bg_table [m, 3], fg_table [E, 3]) int64 on the CPU, without a device copy when to() made the bank."""
+        if self.host_bg_table is not None and self.host_fg_table is not None:
+            return self.host_bg_table, self.host_fg_table
+        return self.bg_table.cpu(), self.fg_table.cpu()
+
     def to(self, device) -> "Bank":
+        """The bank on `device`; for a non-CPU device the tables' values are checked here, once, on the host
+        (the CUDA composite op checks shapes only) and kept as host copies for the per-batch param checks."""
+        device = torch.device(device)
+        bt, ft = self.host_tables()
+        on_host = device.type == "cpu"
+        if not on_host:
+            _check_tables(bt, ft, self.bg_flat.numel(), self.fg_flat.numel())
         return Bank(self.bg_flat.to(device), self.bg_table.to(device), self.fg_flat.to(device),
-                    self.fg_table.to(device), self.layout)
+                    self.fg_table.to(device), self.layout, None if on_host else bt, None if on_host else ft)
 
     def fg_entry(self, entry: int) -> np.ndarray:
         """[h, w, 4] uint8 premultiplied RGBA of one bank entry (CPU copy)."""
@@ -107,6 +123,18 @@ class Bank:
         """[H, W, 3] uint8 of one resized background (CPU copy)."""
         off, h, w = (int(v) for v in self.bg_table[bg])
         return self.bg_flat[off:off + h * w * 3].cpu().numpy().reshape(h, w, 3)
+
+
+def _check_tables(bg_table: torch.Tensor, fg_table: torch.Tensor, bg_numel: int, fg_numel: int) -> None:
+    """Every table row inside its flat buffer (the compiled check; skipped when the kernels are not built, as
+    then only the reference composite runs, which slices the buffers itself)."""
+    from . import _ops
+
+    if not _ops.available()[0]:
+        return
+    none_i = torch.zeros(0, 5, dtype=torch.int64)
+    _ops.check_composite_values(bg_table, fg_table, none_i, torch.zeros(0, 4, dtype=torch.float64), bg_numel,
+                                fg_numel, 1, True)
 
 
 def build_bank(backgrounds: list[np.ndarray], foregrounds: list[np.ndarray], compose: int,

@@ -163,11 +163,36 @@ def resolve_backend(name: str, device: torch.device | str = "cpu") -> str:
     return "ext" if ok else "reference"
 
 
+def device_params(bank: Bank, iparams: torch.Tensor, fparams: torch.Tensor,
+                  compose: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate the params on the host and put them on the bank's device. iparams: [B, 5] int64, fparams:
+    [B, 4] float64. Host params are checked (against the bank's host tables, checked once by Bank.to) and
+    uploaded non_blocking from pinned memory: nothing waits for the device. Params already on the device are
+    checked through a host copy, which waits for the device: pass host params in a pipeline."""
+    from . import _ops
+
+    dev = bank.device
+    host_i, host_f = iparams, fparams
+    if iparams.device.type != "cpu" or fparams.device.type != "cpu":
+        host_i, host_f = iparams.cpu(), fparams.cpu()
+    bt, ft = bank.host_tables()
+    _ops.check_composite_values(bt, ft, host_i.contiguous(), host_f.contiguous(), bank.bg_flat.numel(),
+                                bank.fg_flat.numel(), compose, False)
+    if iparams.device == dev and fparams.device == dev:
+        return iparams, fparams
+    pin = dev.type == "cuda"
+    up_i, up_f = ((t.pin_memory() if pin else t).to(dev, non_blocking=pin) for t in (host_i, host_f))
+    return up_i, up_f
+
+
 def composite(bank: Bank, iparams: torch.Tensor, fparams: torch.Tensor, compose: int, out: int,
               threshold: float, want_compose: bool, backend: str = "reference") -> CompositeOut:
-    """Run the composite with a resolved backend ('ext' or 'reference')."""
+    """Run the composite with a resolved backend ('ext' or 'reference'). iparams [B, 5] int64 and fparams
+    [B, 4] float64 may be on the host (preferred for a device bank: see device_params) or the bank's device."""
     if backend == "ext":
         from . import _ops
+        if bank.device.type != "cpu":
+            iparams, fparams = device_params(bank, iparams, fparams, compose)
         image, mask, comp = _ops.composite(bank.bg_flat, bank.bg_table, bank.fg_flat, bank.fg_table, iparams,
                                            fparams, compose, out, mask_threshold_count(threshold, compose // out),
                                            want_compose)

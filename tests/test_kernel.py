@@ -1,8 +1,10 @@
 """The compiled composite op (csrc/) against the plain-torch reference, on every device present.
 
-Correct means: mask identical, image within 1 (of 255), compose within 1/255, for random plans (many seeds,
-odd sizes, flips) and hand-made parameters (box wholly or partly outside the frame, tiny and huge scales,
-soft and hard alpha, extreme aspect ratios). The reference runs on the CPU; the kernel on each device.
+Correct means bit-identical (torch.equal) image, mask and compose, for random plans (many seeds, odd sizes,
+flips) and hand-made parameters (box wholly or partly outside the frame, tiny and huge scales, soft and hard
+alpha, extreme aspect ratios, unaligned foreground buffers). The reference runs on the CPU; the kernel on each
+device. The `device_body` tests run the CUDA kernel's body (csrc/composite_pixel.h), walked on the host as the
+GPU grid runs it, on the same cases; on a GPU the CUDA kernel must equal that walk bit for bit.
 """
 
 from __future__ import annotations
@@ -56,32 +58,37 @@ def _bank(rng: np.random.Generator, S: int, scale=(0.3, 0.6), n_bg=2, n_fg=4):
         return build_bank(bgs, fgs, S, scale)
 
 
-def _run_ext(bank, ip, fp, S, O, threshold, want, device):
+def _run_ext(bank, ip, fp, S, O, threshold, want, device, op=None):
+    """The compiled op (default: composite; or composite_device_body) on `device`, outputs as the op gives them."""
     dev = torch.device(device)
     b = bank.to(dev)
-    return _ops.composite(b.bg_flat, b.bg_table, b.fg_flat, b.fg_table, ip.to(dev), fp.to(dev), S, O,
-                          mask_threshold_count(threshold, S // O), want)
+    return (op or _ops.composite)(b.bg_flat, b.bg_table, b.fg_flat, b.fg_table, ip.to(dev), fp.to(dev), S, O,
+                                  mask_threshold_count(threshold, S // O), want)
 
 
-def _compare(bank, ip, fp, S, O, device, threshold=0.5, label=""):
+def _assert_equal(got, want, label):
+    """torch.equal on (image, mask, compose), naming the first differing output, where, and by how much."""
+    for name, g, w in zip(("image", "mask", "compose"), got, want):
+        g = g.cpu()
+        assert g.shape == w.shape and g.dtype == w.dtype, f"{label}: {name} is {g.dtype}{list(g.shape)}"
+        if not torch.equal(g, w):
+            bad = (g != w).nonzero()
+            diff = (g.double() - w.double()).abs().max().item()
+            raise AssertionError(f"{label}: {name} differs at {len(bad)} places, first {bad[:3].tolist()}, "
+                                 f"by up to {diff}")
+
+
+def _compare(bank, ip, fp, S, O, device, threshold=0.5, label="", op=None):
+    """The op on `device` equals composite_reference bit for bit (image, mask, compose); without the compose
+    output it gives the same image and mask and an empty compose."""
     ref = composite_reference(bank, ip, fp, S, O, threshold, True)
-    image, mask, comp = (t.cpu() for t in _run_ext(bank, ip, fp, S, O, threshold, True, device))
-    B = ip.shape[0]
-    assert image.shape == (B, O, O, 3) and image.dtype == torch.uint8
-    assert mask.shape == (B, O, O) and mask.dtype == torch.uint8
-    assert comp.shape == (B, 3, S, S) and comp.dtype == torch.float32
-    assert mask.max().item() <= 1
-    bad = (mask != ref.mask).nonzero()
-    assert bad.numel() == 0, f"{label}: mask differs at {bad[:5].tolist()} ({len(bad)} pixels)"
-    diff = (image.int() - ref.image.int()).abs().max().item()
-    assert diff <= 1, f"{label}: image differs by {diff}"
-    cdiff = (comp - ref.compose).abs().max().item()
-    assert cdiff <= 1 / 255 + 1e-7, f"{label}: compose differs by {cdiff}"
-    # without the compose output: the same image and mask, an empty compose
-    image2, mask2, comp2 = _run_ext(bank, ip, fp, S, O, threshold, False, device)
+    got = _run_ext(bank, ip, fp, S, O, threshold, True, device, op)
+    _assert_equal(got, (ref.image, ref.mask, ref.compose), label)
+    assert got[1].max().item() <= 1
+    image2, mask2, comp2 = _run_ext(bank, ip, fp, S, O, threshold, False, device, op)
     assert comp2.shape == (0, 3, S, S)
-    assert torch.equal(image2.cpu(), image) and torch.equal(mask2.cpu(), mask)
-    return ref, image, mask
+    assert torch.equal(image2.cpu(), ref.image) and torch.equal(mask2.cpu(), ref.mask)
+    return ref
 
 
 def _hand_params(bank, rng, S, B):
@@ -119,10 +126,8 @@ def _hand_params(bank, rng, S, B):
 SIZES = [(48, 24), (37, 37), (45, 15), (64, 16), (70, 2)]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("seed", range(8))
-def test_kernel_matches_reference_random_plans(device, seed):
-    _need(device)
+def _case_random(seed):
+    """Random plans: many seeds, odd sizes, flips, tiny to large scales, several thresholds."""
     rng = np.random.default_rng(100 + seed)
     S, O = SIZES[seed % len(SIZES)]
     scale = (0.001, 0.9) if seed % 2 else (0.3, 0.6)
@@ -130,37 +135,30 @@ def test_kernel_matches_reference_random_plans(device, seed):
     idx = rng.permutation(2 * 4 * 2 * 5)[:24]
     p = sample_params(idx, bank.layout, 5, seed, S, scale)
     ip, fp = (torch.from_numpy(a) for a in p.kernel_args(bank.layout))
-    threshold = [0.5, 0.01, 0.99, 0.0][seed % 4]
-    _compare(bank, ip, fp, S, O, device, threshold, f"seed {seed} S {S} O {O}")
+    return bank, ip, fp, S, O, [0.5, 0.01, 0.99, 0.0][seed % 4]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("seed", range(6))
-def test_kernel_matches_reference_edge_params(device, seed):
-    _need(device)
+def _case_edge(seed):
+    """Hand-made parameters: boxes wholly or partly outside, tiny and huge, flips."""
     rng = np.random.default_rng(200 + seed)
     S, O = SIZES[seed % len(SIZES)]
     bank = _bank(rng, S)
     ip, fp = _hand_params(bank, rng, S, 18)
-    _compare(bank, ip, fp, S, O, device, 0.5, f"edge seed {seed} S {S} O {O}")
+    return bank, ip, fp, S, O, 0.5
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_kernel_beyond_the_plan(device):
+def _case_beyond():
     """Ratios the plan never makes (rx >= 2, negative, zero): the 4-tap math is still defined and matched."""
-    _need(device)
     rng = np.random.default_rng(7)
     S, O = 40, 20
     bank = _bank(rng, S)
     ip, fp = _hand_params(bank, rng, S, 12)
     fp[:, 2] = torch.tensor([2.0, 2.5, 3.7, 6.0, -1.0, 0.0, 1e-9, 1.0, 0.5, 1.5, 1.25, 1.75], dtype=torch.float64)
     fp[:, 3] = fp[:, 2].flip(0).abs()
-    _compare(bank, ip, fp, S, O, device, 0.5, "beyond plan")
+    return bank, ip, fp, S, O, 0.5
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_kernel_matches_reference_at_448(device):
-    _need(device)
+def _case_448():
     rng = np.random.default_rng(3)
     S, O = 448, 224
     bgs = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), rng.integers(0, 256, (700, 449, 3), dtype=np.uint8)]
@@ -168,19 +166,65 @@ def test_kernel_matches_reference_at_448(device):
     bank = build_bank(bgs, fgs, S, (0.3, 0.6))
     p = sample_params(np.array([0, 5, 13, 22]), bank.layout, 2, 11, S, (0.3, 0.6))
     ip, fp = (torch.from_numpy(a) for a in p.kernel_args(bank.layout))
-    _compare(bank, ip, fp, S, O, device, 0.5, "448->224")
+    return bank, ip, fp, S, O, 0.5
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_kernel_unaligned_foreground_buffer(device):
-    """A foreground buffer whose entries do not start on 4-byte boundaries (the CUDA kernel's byte-load path)."""
-    _need(device)
+def _unaligned_banks():
+    """(bank, the same bank with its foreground buffer shifted by 1 byte, iparams, fparams, compose, out): the
+    shifted entries do not start on 4-byte boundaries (the CUDA kernel's byte-load path)."""
     rng = np.random.default_rng(5)
     S, O = 32, 16
     bank = _bank(rng, S)
     ip, fp = _hand_params(bank, rng, S, 8)
     shifted = type(bank)(bank.bg_flat, bank.bg_table, torch.cat([torch.zeros(1, dtype=torch.uint8), bank.fg_flat]),
                          bank.fg_table + torch.tensor([1, 0, 0]), bank.layout)
+    return bank, shifted, ip, fp, S, O
+
+
+def _case_unaligned():
+    _, shifted, ip, fp, S, O = _unaligned_banks()
+    return shifted, ip, fp, S, O, 0.5
+
+
+# every composite case of this file, by id: a builder of (bank, iparams, fparams, compose, out, threshold)
+CASES = {**{f"random-{s}": (lambda s=s: _case_random(s)) for s in range(8)},
+         **{f"edge-{s}": (lambda s=s: _case_edge(s)) for s in range(6)},
+         "beyond-plan": _case_beyond, "448to224": _case_448, "unaligned-fg": _case_unaligned}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_kernel_matches_reference(device, case):
+    _need(device)
+    bank, ip, fp, S, O, threshold = CASES[case]()
+    _compare(bank, ip, fp, S, O, device, threshold, f"{case} S {S} O {O}")
+
+
+@pytest.mark.device_body
+@pytest.mark.parametrize("case", list(CASES))
+def test_device_body_matches_reference(case):
+    """The CUDA kernel's body, walked on the host as the GPU grid runs it, equals the reference bit for bit."""
+    bank, ip, fp, S, O, threshold = CASES[case]()
+    _compare(bank, ip, fp, S, O, "cpu", threshold, f"device body {case} S {S} O {O}", _ops.composite_device_body)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("case", list(CASES))
+def test_cuda_kernel_equals_device_body(case):
+    """On a GPU: the CUDA kernel's outputs equal the device body's (same functions, host walk) bit for bit."""
+    _need("cuda")
+    bank, ip, fp, S, O, threshold = CASES[case]()
+    want = _run_ext(bank, ip, fp, S, O, threshold, True, "cpu", _ops.composite_device_body)
+    got = _run_ext(bank, ip, fp, S, O, threshold, True, "cuda")
+    _assert_equal(got, want, f"cuda vs device body {case}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_kernel_unaligned_foreground_buffer(device):
+    """The byte-load path gives what the 32-bit-load path gives."""
+    _need(device)
+    bank, shifted, ip, fp, S, O = _unaligned_banks()
     a = _run_ext(bank, ip, fp, S, O, 0.5, True, device)
     b = _run_ext(shifted, ip, fp, S, O, 0.5, True, device)
     for x, y in zip(a, b):
@@ -213,9 +257,9 @@ def test_empty_batch(device):
     bank = _bank(rng, 20).to(device)
     ip = torch.zeros(0, 5, dtype=torch.int64, device=device)
     fp = torch.zeros(0, 4, dtype=torch.float64, device=device)
-    image, mask, comp = _ops.composite(bank.bg_flat, bank.bg_table, bank.fg_flat, bank.fg_table, ip, fp, 20, 10, 5,
-                                       True)
-    assert image.shape == (0, 10, 10, 3) and mask.shape == (0, 10, 10) and comp.shape == (0, 3, 20, 20)
+    for op in [_ops.composite] + ([_ops.composite_device_body] if device == "cpu" else []):
+        image, mask, comp = op(bank.bg_flat, bank.bg_table, bank.fg_flat, bank.fg_table, ip, fp, 20, 10, 5, True)
+        assert image.shape == (0, 10, 10, 3) and mask.shape == (0, 10, 10) and comp.shape == (0, 3, 20, 20)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -229,96 +273,13 @@ def test_opcheck(device):
         args = (bank.bg_flat, bank.bg_table, bank.fg_flat, bank.fg_table, ip.to(device), fp.to(device), S, O,
                 mask_threshold_count(0.5, S // O), want)
         torch.library.opcheck(torch.ops.smalldepthmask.composite.default, args)
+        if device == "cpu":
+            torch.library.opcheck(torch.ops.smalldepthmask.composite_device_body.default, args)
     size = torch.tensor([5, 9], device=device)
     torch.library.opcheck(torch.ops.smalldepthmask.axis_taps.default,
                           (torch.tensor([0.5, -3.0], dtype=torch.float64, device=device),
                            torch.tensor([1.5, 0.7], dtype=torch.float64, device=device), size,
                            torch.tensor([False, True], device=device), 7))
-
-
-def _good_args(device="cpu"):
-    rng = np.random.default_rng(2)
-    S, O = 24, 12
-    bank = _bank(rng, S, n_bg=2, n_fg=2)
-    ip, fp = _hand_params(bank, rng, S, 3)
-    bank = bank.to(device)
-    return dict(bg_flat=bank.bg_flat, bg_table=bank.bg_table, fg_flat=bank.fg_flat, fg_table=bank.fg_table,
-                iparams=ip.to(device), fparams=fp.to(device), compose=S, out=O, mask_count=100, want_compose=True)
-
-
-def _call(kw):
-    return torch.ops.smalldepthmask.composite(kw["bg_flat"], kw["bg_table"], kw["fg_flat"], kw["fg_table"],
-                                              kw["iparams"], kw["fparams"], kw["compose"], kw["out"],
-                                              kw["mask_count"], kw["want_compose"])
-
-
-def _bad_cases(kw):
-    """(name, change, regex the message must match: it names the argument and the bad value)."""
-    H = int(kw["bg_table"][1, 1])
-    W = int(kw["bg_table"][1, 2])
-    nb = kw["bg_flat"].numel()
-    nf = kw["fg_flat"].numel()
-
-    def ip(row, col, value, **more):
-        t = kw["iparams"].clone()
-        t[row, col] = value
-        for c, v in more.items():
-            t[row, int(c[1:])] = v
-        return {"iparams": t}
-
-    def fp(row, col, value):
-        t = kw["fparams"].clone()
-        t[row, col] = value
-        return {"fparams": t}
-
-    def tab(name, row, col, value):
-        t = kw[name].clone()
-        t[row, col] = value
-        return {name: t}
-
-    return [
-        ("bg_flat dtype", {"bg_flat": kw["bg_flat"].float()}, r"bg_flat must be Byte, got Float"),
-        ("fg_flat dims", {"fg_flat": kw["fg_flat"].view(1, -1)}, r"fg_flat must have 1 dimension.*got 2"),
-        ("bg_table shape", {"bg_table": kw["bg_table"][:, :2].contiguous()}, r"bg_table must have shape \[n, 3\]"),
-        ("fg_table dtype", {"fg_table": kw["fg_table"].int()}, r"fg_table must be Long, got Int"),
-        ("iparams shape", {"iparams": kw["iparams"][:, :4].contiguous()}, r"iparams must have shape \[n, 5\].*4"),
-        ("iparams contiguity", {"iparams": kw["iparams"].t().contiguous().t()}, r"iparams must be contiguous"),
-        ("fparams dtype", {"fparams": kw["fparams"].float()}, r"fparams must be Double, got Float"),
-        ("fparams rows", {"fparams": kw["fparams"][:2].contiguous()}, r"fparams has 2 rows but iparams has 3"),
-        ("compose multiple", {"compose": 25}, r"compose = 25 must be a multiple of out = 12"),
-        ("out", {"out": 0}, r"out = 0 must be >= 1"),
-        ("mask_count", {"mask_count": -3}, r"mask_count = -3 must be >= 0"),
-        ("bg id", ip(1, 0, 7), r"iparams\[1, 0\] \(background id\) = 7 is out of range"),
-        ("bg id negative", ip(0, 0, -1), r"iparams\[0, 0\] \(background id\) = -1 is out of range"),
-        ("fg entry", ip(2, 3, 99), r"iparams\[2, 3\] \(foreground entry\) = 99 is out of range"),
-        ("crop_y", ip(0, 1, 10_000), r"iparams\[0, 1\] \(crop_y\) = 10000"),
-        ("crop_x", ip(0, 2, W - 23, c0=1, c1=0), rf"iparams\[0, 2\] \(crop_x\) = {W - 23}.*of width {W}"),
-        ("crop_x negative", ip(2, 2, -2), r"iparams\[2, 2\] \(crop_x\) = -2"),
-        ("fparams nan", fp(1, 2, float("nan")), r"fparams\[1, 2\] \(rx\) = nan"),
-        ("fparams huge", fp(0, 0, 1e300), r"fparams\[0, 0\] \(x0\) = 1e\+300"),
-        ("bg_table offset", tab("bg_table", 1, 0, nb), rf"bg_table\[1\] = \(offset {nb}, H {H}, W {W}\)"),
-        ("fg_table size", tab("fg_table", 0, 1, 10 ** 6), rf"fg_table\[0\] = \(offset 0, H 1000000.*fg_flat has {nf}"),
-        ("fg_table zero", tab("fg_table", 1, 2, 0), r"fg_table\[1\] has size \(H, W\) = \(\d+, 0\)"),
-    ]
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_bad_arguments_name_argument_and_value(device):
-    _need(device)
-    kw = _good_args(device)
-    _call(kw)  # the good arguments work
-    for name, change, pattern in _bad_cases(kw):
-        with pytest.raises(RuntimeError, match=pattern):
-            _call({**kw, **change})
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_tensors_on_different_devices():
-    _need("cuda")
-    kw = _good_args("cuda")
-    with pytest.raises(RuntimeError, match=r"iparams is on cpu but bg_flat is on cuda:0"):
-        _call({**kw, "iparams": kw["iparams"].cpu()})
 
 
 def test_backend_auto_prefers_the_extension():
@@ -329,7 +290,7 @@ def test_backend_auto_prefers_the_extension():
     ip, fp = _hand_params(bank, rng, 24, 4)
     a = composite(bank, ip, fp, 24, 12, 0.5, True, backend="ext")
     b = composite(bank, ip, fp, 24, 12, 0.5, True, backend="reference")
-    assert torch.equal(a.mask, b.mask) and (a.image.int() - b.image.int()).abs().max() <= 1
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.image, b.image) and torch.equal(a.compose, b.compose)
     assert composite(bank, ip, fp, 24, 12, 0.5, False, backend="ext").compose is None
 
 
@@ -341,6 +302,7 @@ def test_supports_device_and_info():
         assert not ok and why == "built without CUDA"
     elif not torch.cuda.is_available():
         assert not ok
+    assert _ops.diagnostic_ops() == ["composite_device_body", "check_composite_values"]
     flags = _ops.build_flags()
     assert flags.get("cuda") == ("cuda" in _ops.kernels())
     out = subprocess.run([sys.executable, "-m", "smalldepthmask.info"], capture_output=True, text=True, timeout=120)
