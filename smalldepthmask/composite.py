@@ -197,4 +197,8 @@ def composite(bank: Bank, iparams: torch.Tensor, fparams: torch.Tensor, compose:
                                            fparams, compose, out, mask_threshold_count(threshold, compose // out),
                                            want_compose)
         return CompositeOut(image=image, mask=mask, compose=comp if want_compose else None)
+    if iparams.device != bank.device:  # host params for a device bank: up from pinned memory, non_blocking
+        pin = bank.device.type == "cuda"
+        iparams, fparams = ((t.pin_memory() if pin else t).to(bank.device, non_blocking=pin)
+                            for t in (iparams, fparams))
     return composite_reference(bank, iparams, fparams, compose, out, threshold, want_compose)

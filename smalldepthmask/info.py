@@ -44,7 +44,8 @@ def collect() -> dict:
         from . import _ops
         ok, reason = _ops.available()
         ext = {"built": _ops.built(), "usable": ok, "status": reason, "kernels": _ops.kernels(),
-               "build_flags": _ops.build_flags(), "load": _ops.load_status()}
+               "build_flags": _ops.build_flags(), "load": _ops.load_status(),
+               "diagnostic_ops": _ops.diagnostic_ops() if _ops.built() else []}
         ext["supports"] = {d: list(_ops.supports_device(torch.device(d))) for d in ("cpu", "cuda")}
     except Exception as e:  # noqa: BLE001
         ext = {"built": False, "usable": False, "status": f"{type(e).__name__}: {e}"}
@@ -74,7 +75,7 @@ def render(info: dict) -> str:
     load = e.get("load", {})
     if e.get("built"):
         ks = "+".join(e.get("kernels", [])) or "none"
-        lines.append(f"extension     loaded: {ks} kernels, from the {load.get('source')} ({load.get('path')})")
+        lines.append(f"extension     loaded: {ks} kernels; {load.get('source')}: {load.get('path')}")
         flags = e.get("build_flags", {})
         if flags:
             parts = [f"torch {flags.get('torch')}", f"CUDA build {'yes' if flags.get('cuda') else 'no'}"]
@@ -85,6 +86,9 @@ def render(info: dict) -> str:
             lines.append("  build       " + "; ".join(parts))
         for d, (ok, why) in e.get("supports", {}).items():
             lines.append(f"  on {d:<8} {'yes' if ok else 'no'} ({why})")
+        if e.get("diagnostic_ops"):
+            lines.append("  diagnostic  " + ", ".join(e["diagnostic_ops"])
+                         + " (test entry points: the CUDA kernel's body run on the host, host value checks)")
     else:
         lines.append(f"extension     not loaded ({e.get('status')})")
     for why in load.get("not_built", []):

@@ -1,7 +1,8 @@
-"""The per-process pipeline's device plumbing: parameter upload, one batch shape, depth quantized on the device,
+"""The per-process pipeline's device plumbing: one batch shape, depth quantized on the device,
 and the copy back to the host on a copy stream into a pinned ring, with one CUDA event per batch.
 
-On CUDA the generator's work runs on a compute stream (`compute_stream`); `DeviceToHost` makes its copy stream
+On CUDA the generator's work runs on a compute stream (`compute_stream`; composite() uploads the params from
+pinned memory, non_blocking); `DeviceToHost` makes its copy stream
 wait for that work, copies image (uint8), mask (uint8) and depth (uint16 millimetres) into a pinned ring slot
 with non_blocking copies and records an event. An encoder thread waits on that event alone (never a
 device-wide sync), encodes, and releases the slot; the producer blocks on a free slot (back-pressure, counted as
@@ -43,14 +44,6 @@ def pad_rows(
         return iparams, fparams
     return (np.concatenate([iparams, np.repeat(iparams[-1:], rows - n, 0)]),
             np.concatenate([fparams, np.repeat(fparams[-1:], rows - n, 0)]))
-
-
-def upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A host array on `device`: from pinned memory, non_blocking on the current stream, on CUDA."""
-    t = torch.from_numpy(array)
-    if device.type != "cuda":
-        return t
-    return t.pin_memory().to(device, non_blocking=True)
 
 
 def compute_stream(device: torch.device):

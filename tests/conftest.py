@@ -13,7 +13,7 @@ def pytest_sessionstart(session):
 
     os.environ.setdefault(_build.EXT_CACHE_ENV, str(_build.ext_cache_root().resolve()))
     status = _ops.load()  # raises under SMALLDEPTHMASK_REQUIRE_EXT=1 when a part did not build
-    print(f"smalldepthmask kernels: {_ops.available()[1]} from the {status.get('source')} ({status.get('path')})")
+    print(f"smalldepthmask kernels: {_ops.available()[1]}; {status.get('source')}: {status.get('path')}")
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device")])]
