@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision  # noqa: F401 - before the Keras-parity test imports TensorFlow: torchvision pulls in triton,
+# whose import segfaults once TensorFlow's own LLVM is loaded (the package imports torchvision lazily, so the
+# order would otherwise depend on which test builds a DenseDepth first)
 
 
 def pytest_sessionstart(session):
