@@ -8,6 +8,7 @@ forced with a CUDA toolkit whose nvcc fails, a compiler that fails, or no compil
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -154,7 +155,10 @@ def _venv_without_setuptools(path: Path) -> Path:
 def test_fresh_venv_without_setuptools_installs_and_runs_the_demo(tmp_path):
     py = _venv_without_setuptools(tmp_path / "venv")
     assert _run([str(py), "-c", "import setuptools"]).returncode != 0  # really not there
-    inst = _run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(REPO)], timeout=900)
+    src = tmp_path / "src"  # the sources alone: no build/ left over from an earlier install, no venvs
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns("build", ".venv*", ".git", "*.egg-info", "out", "*.so",
+                                                             "__pycache__", ".pytest_cache", ".whl"))
+    inst = _run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(src)], timeout=900)
     assert inst.returncode == 0, inst.stderr[-3000:]
     where = _run([str(py), "-c", "import smalldepthmask; print(smalldepthmask.__file__)"], cwd=tmp_path)
     assert str(tmp_path / "venv") in where.stdout  # the installed copy, not the repository
