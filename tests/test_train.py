@@ -18,8 +18,16 @@ SMALL = ["--batch-size", "16", "--width", "0.5", "--size", "32", "--workers", "0
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
+    """48 samples of the demo's foregrounds over its two plain grayscale backgrounds (the overfitting test's
+    thresholds were set on these; the photo backgrounds make the fake teacher's depth far busier)."""
+    from smalldepthmask.sources import demo_dirs
+
+    fg, bg = demo_dirs()
+    plain = tmp_path_factory.mktemp("train-bg")
+    for name in ("brick_wall.jpg", "park_photographer.jpg"):
+        (plain / name).write_bytes((bg / name).read_bytes())
     d = tmp_path_factory.mktemp("train-shards")
-    gen_with_fake_teacher(d, [*GEN_ARGS])
+    gen_with_fake_teacher(d, ["--fg", str(fg), "--bg", str(plain), *GEN_ARGS, "--k", "4"])  # 3 x 2 x 2 x 4 = 48
     return d
 
 
