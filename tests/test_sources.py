@@ -432,6 +432,21 @@ def test_demo_set_reads() -> None:
         assert rgb.dtype == np.uint8 and rgb.shape[2] == 3 and min(rgb.shape[:2]) >= 256
 
 
+def test_demo_backgrounds_fit_the_compose_size_and_half_are_colour() -> None:
+    from smalldepthmask.config import GenConfig
+    fg_dir, bg_dir = demo_dirs()
+    bgs = list_images(bg_dir, "bg")
+    colour = 0
+    for p in bgs:
+        with Image.open(p) as im:
+            assert min(im.size) >= GenConfig.compose_size, f"{p.name} is {im.size}: it would be upscaled"
+            rgb = np.asarray(im.convert("RGB")).astype(np.int16)  # [H, W, 3]
+        # colour: at least 1 % of the pixels have channels more than 16 levels apart (0 for a grayscale
+        # photo stored as RGB; about 6 % for the mostly black deep field, over 90 % for the meadow)
+        colour += int(((rgb.max(axis=2) - rgb.min(axis=2)) > 16).mean() > 0.01)
+    assert 2 * colour >= len(bgs), f"only {colour} of {len(bgs)} demo backgrounds are in colour"
+
+
 def test_demo_set_budget_and_provenance() -> None:
     fg_dir, bg_dir = demo_dirs()
     demo = fg_dir.parent
