@@ -22,7 +22,6 @@ import torch
 
 from . import __version__, codec, config, sink
 from . import profile as profiling
-from .depth.png import encode_png16
 from .encode import encode_samples, sample_key
 from .errors import run_cli
 from .generator import Generator, build_generator
@@ -93,7 +92,7 @@ def _encode_batch(gen: Generator, idx, params, host: HostBatch, prof=profiling.N
     try:
         host.wait()
         with prof.host("encode"):
-            pngs = [encode_png16(d) for d in host.depth] if host.depth is not None else None
+            pngs = [codec.encode_depth_png_mm(d) for d in host.depth] if host.depth is not None else None
             return encode_samples([sample_key(int(i)) for i in idx], host.image, host.mask, gen.records(params),
                                   gen.cfg.jpeg_quality, pngs)
     finally:

@@ -53,7 +53,6 @@ def encode_depth_png(
     return encode_depth_png_mm(depth_to_png16(depth_m))
 
 
-encode_png16 = encode_depth_png_mm  # [H, W] uint16 millimetres -> 16-bit PNG bytes (smalldepthmask.codec)
 
 
 def decode_depth_png(
